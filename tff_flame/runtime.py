@@ -1,0 +1,80 @@
+"""Starts and, above all, stops TFF's C++ execution worker.
+
+TFF 0.87 runs TF computations in a `worker_binary` child process that
+outlives the Python process and keeps its stdout open, so a pipeline such as
+`python run.py | tail` never ends. Everything that runs TFF here ends its
+workers through this module: explicitly (`tff_runtime()`), and at interpreter
+exit as a last resort.
+"""
+
+import atexit
+import contextlib
+import os
+import signal
+import time
+from typing import Iterator
+
+_WORKER_NAME = 'worker_binary'
+
+
+def _children_of(pid: int) -> list:
+  children = []
+  for entry in os.listdir('/proc'):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/stat') as f:
+        stat = f.read()
+    except OSError:
+      continue
+    # The command name is in parentheses and may hold spaces; ppid follows it.
+    fields = stat[stat.rfind(')') + 2:].split()
+    if len(fields) > 1 and int(fields[1]) == pid:
+      children.append(int(entry))
+  return children
+
+
+def _cmdline(pid: int) -> str:
+  try:
+    with open(f'/proc/{pid}/cmdline', 'rb') as f:
+      return f.read().replace(b'\0', b' ').decode(errors='replace')
+  except OSError:
+    return ''
+
+
+def tff_worker_pids(parent: int = None) -> list:
+  """Live (not zombie) TFF worker processes started by `parent` (default: this process)."""
+  parent = os.getpid() if parent is None else parent
+  return [pid for pid in _children_of(parent) if _WORKER_NAME in _cmdline(pid)]
+
+
+def shutdown_tff_workers(timeout_s: float = 10.0) -> int:
+  """Ends every TFF worker this process started; returns how many were running."""
+  pids = tff_worker_pids()
+  for sig in (signal.SIGINT, signal.SIGKILL):
+    for pid in pids:
+      with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + (timeout_s if sig == signal.SIGINT else 5.0)
+    while time.monotonic() < deadline and tff_worker_pids():
+      time.sleep(0.05)
+    if not tff_worker_pids():
+      break
+  for pid in pids:  # Reap, so no zombie is left behind.
+    with contextlib.suppress(ChildProcessError, OSError):
+      os.waitpid(pid, os.WNOHANG)
+  return len(pids)
+
+
+@contextlib.contextmanager
+def tff_runtime() -> Iterator[None]:
+  """Runs the body in a fresh local C++ execution context and ends its worker after."""
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  tff.backends.native.set_sync_local_cpp_execution_context()
+  try:
+    yield
+  finally:
+    shutdown_tff_workers()
+
+
+atexit.register(shutdown_tff_workers)
