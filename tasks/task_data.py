@@ -1,0 +1,108 @@
+"""The interface every task module returns, and the helpers tasks share.
+
+Models return logits. Labels are int32 class ids; for sequence tasks (y of rank
+2) accuracy is per position and ignores positions whose label is the padding
+id 0, so the same `accuracy` serves main and backdoor accuracy of every task.
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+PAD_ID = 0
+
+
+@dataclasses.dataclass
+class TaskData:
+  """Per-client data, clean and backdoor test sets, model and poisoning.
+
+  Attributes:
+    name: the task's name.
+    client_data: one (x, y) pair of NumPy arrays per client.
+    test_data: (x, y), the clean test set.
+    backdoor_test_data: (x_triggered, y_target): triggered inputs whose true
+      label is not the attacker's target, labelled with the target.
+    model_fn: returns a fresh, uncompiled Keras model that outputs logits.
+    poison_fn: poison_fn(x, y, rate, rng, trigger_part=None) -> (x, y), copies
+      with the trigger applied to a `rate` fraction of rows (see each task for
+      the rows it counts) relabelled to the target.
+    num_trigger_parts: how many DBA parts the trigger splits into (1: none).
+    info: task-specific metadata (class names, client ids, vocabulary, ...).
+  """
+  name: str
+  client_data: list
+  test_data: tuple
+  backdoor_test_data: tuple
+  model_fn: Callable[[], tf.keras.Model]
+  poison_fn: Callable
+  num_trigger_parts: int = 1
+  info: dict = dataclasses.field(default_factory=dict)
+
+  def main_accuracy(self, model: tf.keras.Model) -> float:
+    """Main-task accuracy (MA) on `test_data`."""
+    return accuracy(model, *self.test_data)
+
+  def backdoor_accuracy(self, model: tf.keras.Model) -> float:
+    """Backdoor accuracy (BA): how often triggered inputs get the target."""
+    return accuracy(model, *self.backdoor_test_data)
+
+
+def predict_logits(model: tf.keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+  """The model's outputs on `x`, in batches and in inference mode."""
+  outputs = [np.asarray(model(x[i:i + batch_size], training=False))
+             for i in range(0, len(x), batch_size)]
+  return np.concatenate(outputs, axis=0)
+
+
+def accuracy_from_logits(logits: np.ndarray, y: np.ndarray) -> float:
+  """Share of argmax predictions equal to `y`; rank-2 `y` skips padding (0).
+
+  Returns NaN when nothing is counted (no rows, or only padding).
+  """
+  y = np.asarray(y)
+  correct = np.argmax(logits, axis=-1) == y
+  if y.ndim >= 2:
+    mask = y != PAD_ID
+    counted = int(mask.sum())
+    return float(correct[mask].sum()) / counted if counted else float('nan')
+  return float(correct.mean()) if correct.size else float('nan')
+
+
+def accuracy(model: tf.keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
+  """Accuracy of a logits model on (x, y), as `accuracy_from_logits`."""
+  if len(x) == 0:
+    return float('nan')
+  return accuracy_from_logits(predict_logits(model, x, batch_size), y)
+
+
+def choose_rows(candidates: np.ndarray, rate: float, total: int,
+                rng: np.random.Generator) -> np.ndarray:
+  """round(rate * total) distinct row indices drawn from `candidates`.
+
+  Raises ValueError if `rate` is outside [0, 1] or there are too few candidates.
+  """
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f'rate must be in [0, 1], got {rate!r}.')
+  count = int(round(rate * total))
+  candidates = np.asarray(candidates)
+  if count > len(candidates):
+    raise ValueError(f'rate {rate} asks for {count} rows but only {len(candidates)} can be poisoned.')
+  return np.sort(rng.choice(candidates, size=count, replace=False)).astype(np.int64)
+
+
+def check_trigger_part(trigger_part: Optional[int], num_parts: int) -> None:
+  """Raises ValueError unless `trigger_part` is None or in [0, num_parts)."""
+  if trigger_part is not None and not (isinstance(trigger_part, (int, np.integer)) and
+                                       0 <= trigger_part < num_parts):
+    raise ValueError(f'trigger_part must be None or an int in [0, {num_parts}), got {trigger_part!r}.')
+
+
+def summary(task: TaskData) -> dict:
+  """Sizes of a task's data, for logs."""
+  sizes = [len(x) for x, _ in task.client_data]
+  result: dict[str, Any] = dict(
+      name=task.name, num_clients=len(sizes), client_sizes=sizes,
+      num_test=len(task.test_data[0]), num_backdoor_test=len(task.backdoor_test_data[0]))
+  return result
