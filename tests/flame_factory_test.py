@@ -1,0 +1,149 @@
+"""FlameFactory through TFF: plain process, FedAvg (unweighted, weighted, model space)."""
+
+import collections
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from flame_reference import flame_round_numpy
+from tff_flame import FlameFactory
+from tff_flame import learning
+
+VALUE_TYPE = tff.StructWithPythonType(
+    [tff.TensorType(np.float32, [3, 2]), tff.TensorType(np.float32, [4])], list)
+
+
+def client_values(rng, n_benign, n_bad):
+  direction = rng.normal(size=10)
+  rows = np.concatenate([direction + 0.4 * rng.normal(size=(n_benign, 10)),
+                         -4 * direction + 0.01 * rng.normal(size=(n_bad, 10))]).astype(np.float32)
+  return rows, [[r[:6].reshape(3, 2), r[6:]] for r in rows]
+
+
+@pytest.fixture(scope='module')
+def noiseless():
+  return FlameFactory(noise_lambda=0.0).create(VALUE_TYPE)
+
+
+def test_type_signature(noiseless):
+  assert isinstance(noiseless, tff.templates.AggregationProcess)
+  assert noiseless.next.type_signature.result.result.member == VALUE_TYPE
+  assert not noiseless.is_weighted
+
+
+def test_next_matches_numpy_and_rejects_attackers(noiseless):
+  rows, values = client_values(np.random.default_rng(0), 7, 3)
+  out = noiseless.next(noiseless.initialize(), values)
+  expected, admitted, bound = flame_round_numpy(rows)
+  result = np.concatenate([np.asarray(out.result[0]).ravel(), np.asarray(out.result[1])])
+  np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-6)
+  m = out.measurements
+  # Client order at the server is not promised: compare as multisets of norms.
+  norms = np.linalg.norm(rows.astype(np.float64), axis=1)
+  np.testing.assert_allclose(np.sort(m['update_norms']), np.sort(norms), rtol=1e-6)
+  admitted_norms = np.sort(np.asarray(m['update_norms'])[np.asarray(m['admitted']) == 1])
+  np.testing.assert_allclose(admitted_norms, np.sort(norms[admitted]), rtol=1e-6)
+  assert not admitted[7:].any() and admitted.sum() >= 6  # majority cluster, no attacker
+  assert m['num_admitted'] == admitted.sum() and m['num_clients'] == 10 and m['fallback'] == 0
+  assert m['clipping_bound'] == pytest.approx(bound, rel=1e-6)
+  assert out.state['round_num'] == 1
+
+
+def test_noise_is_seeded_through_state():
+  rows, values = client_values(np.random.default_rng(1), 6, 2)
+  process = FlameFactory(noise_lambda=0.1, seed=42).create(VALUE_TYPE)
+  state = process.initialize()
+  first = process.next(state, values)
+  again = process.next(state, values)
+  second = process.next(first.state, values)
+  flat = lambda out: np.concatenate([np.asarray(out.result[0]).ravel(), np.asarray(out.result[1])])
+  np.testing.assert_array_equal(flat(first), flat(again))
+  assert not np.allclose(flat(first), flat(second))
+  assert first.measurements['noise_stddev'] == pytest.approx(
+      0.1 * first.measurements['clipping_bound'])
+
+
+def test_nan_client_does_not_crash_the_round(noiseless):
+  rows, values = client_values(np.random.default_rng(2), 6, 0)
+  values[3][1][0] = np.nan
+  out = noiseless.next(noiseless.initialize(), values)
+  assert out.measurements['num_non_finite'] == 1
+  assert out.measurements['num_admitted'] <= 5
+  assert np.isfinite(out.result[0]).all() and np.isfinite(out.result[1]).all()
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match='noise_lambda'):
+    FlameFactory(noise_lambda=-1.0)
+  with pytest.raises(ValueError, match='min_cluster_size'):
+    FlameFactory(min_cluster_size=1)
+  with pytest.raises(ValueError, match='clustering_space'):
+    FlameFactory(clustering_space='weights')
+  with pytest.raises(ValueError, match='create_with_reference'):
+    FlameFactory(clustering_space='model').create(VALUE_TYPE)
+  with pytest.raises(TypeError, match='float'):
+    FlameFactory().create(tff.TensorType(np.int32, [3]))
+
+
+def test_too_many_clients_is_an_error_not_a_silent_sample():
+  process = FlameFactory(max_clients=3).create(tff.TensorType(np.float32, [2]))
+  with pytest.raises(Exception, match='max_clients'):
+    process.next(process.initialize(), [np.ones(2, np.float32)] * 4)
+
+
+# A tiny Keras model through TFF's FedAvg builders.
+def _datasets(num_clients, poisoned=()):
+  rng = np.random.default_rng(0)
+  out = []
+  for i in range(num_clients):
+    x = rng.normal(size=(16, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    if i in poisoned:
+      y = 1 - y
+    out.append(tf.data.Dataset.from_tensor_slices((x, y)).batch(8))
+  return out
+
+
+def _model_fn():
+  spec = _datasets(1)[0].element_spec
+  keras_model = tf.keras.Sequential([tf.keras.layers.Input((3,)), tf.keras.layers.Dense(2)])
+  return tff.learning.models.from_keras_model(
+      keras_model, input_spec=spec,
+      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+
+@pytest.mark.parametrize('builder', ['unweighted', 'weighted', 'model_space'])
+def test_fed_avg_round(builder):
+  optimizer = tff.learning.optimizers.build_sgdm(0.5)
+  if builder == 'unweighted':
+    process = tff.learning.algorithms.build_unweighted_fed_avg(
+        _model_fn, optimizer, model_aggregator=FlameFactory())
+  elif builder == 'weighted':
+    process = tff.learning.algorithms.build_weighted_fed_avg(
+        _model_fn, optimizer, model_aggregator=FlameFactory().as_weighted())
+  else:
+    process = learning.build_flame_fed_avg(_model_fn, optimizer,
+                                           flame=FlameFactory(clustering_space='model'))
+  state = process.initialize()
+  before = process.get_model_weights(state).trainable
+  out = process.next(state, _datasets(7))
+  agg = out.metrics['aggregator']
+  assert agg['num_clients'] == 7 and agg['num_admitted'] >= 4 and agg['fallback'] == 0
+  after = process.get_model_weights(out.state).trainable
+  assert not np.allclose(before[0], after[0])
+
+
+def test_model_space_sees_the_global_model():
+  """With clustering on G - delta_i, the aggregator output equals a NumPy round on that space."""
+  flame = FlameFactory(noise_lambda=0.0, clustering_space='model')
+  process = flame.create_with_reference(VALUE_TYPE)
+  rows, values = client_values(np.random.default_rng(4), 6, 3)
+  reference_rows = np.random.default_rng(5).normal(size=10).astype(np.float32) * 2
+  reference = [reference_rows[:6].reshape(3, 2), reference_rows[6:]]
+  out = process.next(process.initialize(), values, reference)
+  expected, admitted, _ = flame_round_numpy(rows, reference=reference_rows)
+  result = np.concatenate([np.asarray(out.result[0]).ravel(), np.asarray(out.result[1])])
+  np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-6)
+  assert out.measurements['num_admitted'] == admitted.sum()

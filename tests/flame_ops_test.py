@@ -1,0 +1,141 @@
+"""FLAME's round as TF ops against a NumPy + hdbscan re-computation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from flame_reference import flame_round_numpy
+from tff_flame import clustering
+from tff_flame import flame_ops
+
+
+def benign_and_attackers(rng, n_benign, n_bad, d=50, bad_scale=5.0):
+  direction = rng.normal(size=d)
+  benign = direction + 0.5 * rng.normal(size=(n_benign, d))
+  bad = -direction * bad_scale + 0.05 * rng.normal(size=(n_bad, d))
+  return np.concatenate([benign, bad]).astype(np.float32)
+
+
+def run(updates, noise_lambda=0.0, seed=(1, 2), **kwargs):
+  aggregate, m = flame_ops.flame_round(tf.constant(updates), tf.constant(seed, tf.int64),
+                                       noise_lambda, **kwargs)
+  return aggregate.numpy(), {k: np.asarray(v) for k, v in m.items()}
+
+
+@pytest.mark.parametrize('n_benign,n_bad', [(7, 3), (14, 6), (30, 0), (40, 19), (5, 0)])
+def test_round_matches_numpy(n_benign, n_bad):
+  rng = np.random.default_rng(n_benign * 100 + n_bad)
+  updates = benign_and_attackers(rng, n_benign, n_bad)
+  aggregate, m = run(updates)
+  expected, admitted, bound = flame_round_numpy(updates)
+  np.testing.assert_array_equal(m['admitted'].astype(bool), admitted)
+  assert m['clipping_bound'] == pytest.approx(bound, rel=1e-6)
+  np.testing.assert_allclose(aggregate, expected, rtol=1e-4, atol=1e-6)
+  assert not m['admitted'][n_benign:].any()  # the attackers are rejected
+  assert m['num_clients'] == n_benign + n_bad
+  assert m['num_admitted'] == admitted.sum()
+  np.testing.assert_allclose(m['update_norms'], np.linalg.norm(updates.astype(np.float64), axis=1),
+                             rtol=1e-6)
+
+
+def test_model_space_matches_numpy_and_differs_from_update_space():
+  rng = np.random.default_rng(3)
+  updates = benign_and_attackers(rng, 8, 3, d=30)
+  reference = rng.normal(size=30).astype(np.float32) * 3.0
+  _, m_model = run(updates, reference=tf.constant(reference))
+  _, admitted_model, _ = flame_round_numpy(updates, reference=reference)
+  np.testing.assert_array_equal(m_model['admitted'].astype(bool), admitted_model)
+  labels_update = clustering.hdbscan_labels_numpy(
+      flame_ops.cosine_distances(tf.constant(updates)).numpy(), 6)
+  labels_model = clustering.hdbscan_labels_numpy(
+      flame_ops.cosine_distances(tf.constant(reference[None] - updates)).numpy(), 6)
+  np.testing.assert_array_equal(m_model['cluster_labels'] >= 0, labels_model >= 0)
+  assert not np.array_equal(labels_update, labels_model)
+
+
+def test_clipping_to_median_norm():
+  updates = np.diag([1.0, 2.0, 3.0, 4.0, 100.0]).astype(np.float32)
+  updates[:, 0] += 10.0  # one shared direction so all are admitted
+  aggregate, m = run(updates, min_cluster_size=2)
+  norms = np.linalg.norm(updates, axis=1)
+  bound = np.median(norms)
+  assert m['clipping_bound'] == pytest.approx(bound, rel=1e-6)
+  clipped = updates * np.minimum(1.0, bound / norms)[:, None]
+  mask = m['admitted'].astype(bool)
+  np.testing.assert_allclose(aggregate, clipped[mask].mean(axis=0), rtol=1e-5)
+  assert np.linalg.norm(clipped, axis=1).max() <= bound * (1 + 1e-6)
+
+
+def test_noise_stddev_and_seed():
+  rng = np.random.default_rng(5)
+  updates = (np.ones(20000) + 0.1 * rng.normal(size=(6, 20000))).astype(np.float32)
+  clean, m = run(updates, noise_lambda=0.0)
+  noisy, m_noisy = run(updates, noise_lambda=0.01, seed=(4, 0))
+  sigma = 0.01 * m['clipping_bound']
+  assert m_noisy['noise_stddev'] == pytest.approx(sigma)
+  noise = noisy.astype(np.float64) - clean
+  assert abs(noise.mean()) < 4 * sigma / np.sqrt(noise.size)
+  assert noise.std() == pytest.approx(sigma, rel=0.03)
+  again, _ = run(updates, noise_lambda=0.01, seed=(4, 0))
+  other, _ = run(updates, noise_lambda=0.01, seed=(4, 1))
+  np.testing.assert_array_equal(noisy, again)
+  assert not np.allclose(noisy, other)
+
+
+def test_non_finite_clients_are_never_admitted_and_do_not_move_the_median():
+  rng = np.random.default_rng(8)
+  updates = benign_and_attackers(rng, 9, 0)
+  updates[2, 5] = np.nan
+  updates[4, :] = np.inf
+  aggregate, m = run(updates)
+  expected, admitted, bound = flame_round_numpy(updates)
+  assert m['num_non_finite'] == 2
+  assert m['admitted'][2] == 0 and m['admitted'][4] == 0
+  assert m['cluster_labels'][2] == -1 and m['cluster_labels'][4] == -1
+  np.testing.assert_array_equal(m['admitted'].astype(bool), admitted)
+  finite_norms = np.linalg.norm(np.delete(updates, [2, 4], axis=0).astype(np.float64), axis=1)
+  assert m['clipping_bound'] == pytest.approx(np.median(finite_norms), rel=1e-6)
+  assert np.isfinite(aggregate).all()
+  np.testing.assert_allclose(aggregate, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_fallback_when_no_majority_cluster_can_exist():
+  rng = np.random.default_rng(9)
+  updates = benign_and_attackers(rng, 6, 0)
+  updates[:4] = np.nan  # 2 finite of 6: fewer than min_cluster_size 4
+  aggregate, m = run(updates, noise_lambda=0.5)
+  assert m['fallback'] == 1 and m['num_admitted'] == 0 and m['noise_stddev'] == 0.0
+  np.testing.assert_array_equal(aggregate, np.zeros_like(aggregate))
+  all_nan, m = run(np.full((3, 4), np.nan, np.float32))
+  assert m['fallback'] == 1 and m['clipping_bound'] == 0.0
+  np.testing.assert_array_equal(all_nan, np.zeros(4))
+
+
+def test_one_and_two_clients():
+  one, m = run(np.array([[3.0, 4.0]], np.float32))
+  assert m['num_admitted'] == 1 and m['fallback'] == 0 and m['clipping_bound'] == 5.0
+  np.testing.assert_allclose(one, [3.0, 4.0])
+  # Two clients: HDBSCAN with min_cluster_size 2 always keeps both, even opposite ones.
+  two, m = run(np.array([[1.0, 0.0], [-3.0, 0.0]], np.float32))
+  assert m['num_admitted'] == 2 and m['clipping_bound'] == 2.0
+  np.testing.assert_allclose(two, [(1.0 - 2.0) / 2, 0.0])
+
+
+def test_zero_update_has_unit_cosine_distance():
+  d = flame_ops.cosine_distances(tf.constant([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])).numpy()
+  np.testing.assert_allclose(d, [[0, 1, 1], [1, 0, 0], [1, 0, 0]], atol=1e-12)
+
+
+def test_median_matches_numpy():
+  for n in range(1, 8):
+    values = np.random.default_rng(n).normal(size=n)
+    assert flame_ops.median(tf.constant(values)).numpy() == pytest.approx(np.median(values))
+
+
+def test_noise_lambda_from_privacy():
+  assert flame_ops.noise_lambda_from_privacy(3.0, 1e-5) == pytest.approx(
+      (1 / 3.0) * np.sqrt(2 * np.log(1.25 / 1e-5)))
+  with pytest.raises(ValueError, match='epsilon'):
+    flame_ops.noise_lambda_from_privacy(0.0, 1e-5)
+  with pytest.raises(ValueError, match='delta'):
+    flame_ops.noise_lambda_from_privacy(1.0, 1.5)

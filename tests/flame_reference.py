@@ -1,0 +1,35 @@
+"""An independent NumPy + `hdbscan` re-computation of one FLAME round (test oracle)."""
+
+import hdbscan
+import numpy as np
+
+
+def flame_round_numpy(updates, min_cluster_size=None, reference=None):
+  """Returns (noiseless aggregate, admitted mask, S_t) for [n, d] updates."""
+  updates = np.asarray(updates, np.float64)
+  n = updates.shape[0]
+  mcs = n // 2 + 1 if min_cluster_size is None else min_cluster_size
+  finite = np.isfinite(updates).all(axis=1)
+  idx = np.flatnonzero(finite)
+  points = updates if reference is None else np.asarray(reference, np.float64)[None] - updates
+  admitted = np.zeros(n, bool)
+  if n == 1:
+    admitted[:] = finite
+  elif len(idx) >= max(2, mcs):
+    p = points[idx]
+    unit = p / np.linalg.norm(p, axis=1, keepdims=True)
+    d = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+    d = 0.5 * (d + d.T)
+    np.fill_diagonal(d, 0.0)
+    labels = hdbscan.HDBSCAN(metric='precomputed', min_cluster_size=mcs, min_samples=1,
+                             allow_single_cluster=True).fit(d).labels_
+    if (labels >= 0).any():
+      largest = np.bincount(labels[labels >= 0]).argmax()
+      admitted[idx[labels == largest]] = True
+  norms = np.linalg.norm(np.where(finite[:, None], updates, 0.0), axis=1)
+  bound = float(np.median(norms[finite])) if finite.any() else 0.0
+  if not admitted.any():
+    return np.zeros(updates.shape[1]), admitted, bound
+  scale = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
+  clipped = updates[admitted] * scale[admitted, None]
+  return clipped.mean(axis=0), admitted, bound
