@@ -48,6 +48,16 @@ def tff_worker_pids(parent: int = None) -> list:
   return [pid for pid in _children_of(parent) if _WORKER_NAME in _cmdline(pid)]
 
 
+def all_tff_worker_pids() -> list:
+  """Every live TFF worker process on the machine, whoever started it."""
+  pids = []
+  for entry in os.listdir('/proc'):
+    if entry.isdigit() and _WORKER_NAME in _cmdline(int(entry)) and (
+        'tensorflow_federated' in _cmdline(int(entry))):
+      pids.append(int(entry))
+  return pids
+
+
 def shutdown_tff_workers(timeout_s: float = 10.0) -> int:
   """Ends every TFF worker this process started; returns how many were running."""
   pids = tff_worker_pids()

@@ -1,0 +1,32 @@
+# One entry point for set-up, the main job, the tests and the benchmark.
+# TFF 0.87.0 pins jax/jaxlib 0.4.14, which are no longer on the registry: the
+# rest is installed from requirements.txt (jax 0.4.13 instead), then TFF itself
+# with --no-deps.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TFF_VERSION := 0.87.0
+ARGS ?=
+
+.PHONY: setup demo test benchmark clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps tensorflow-federated==$(TFF_VERSION)
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m tasks.run $(ARGS)
+
+test: setup
+	$(PY) -m pytest tests -q $(ARGS)
+
+benchmark: setup
+	$(PY) -m benchmarks.flame_overhead $(ARGS)
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,55 @@
+"""Nothing TFF starts may outlive the process that started it."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from tff_flame import runtime
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(args, timeout=600):
+  # Pipes for stdout/stderr: a leftover worker holding them open would make this hang.
+  return subprocess.run([sys.executable] + args, cwd=REPO, capture_output=True, text=True,
+                        timeout=timeout, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+
+def test_main_job_ends_its_worker(tmp_path):
+  before = set(runtime.all_tff_worker_pids())
+  out = _run(['-m', 'tasks.run', '--rounds=2', '--num_clients=6', '--clients_per_round=5',
+              '--client_epochs=1', f'--output_dir={tmp_path}'])
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'round 2/2' in out.stdout and 'MA' in out.stdout and 'BA' in out.stdout
+  assert set(runtime.all_tff_worker_pids()) - before == set()
+  rows = [json.loads(l) for l in (tmp_path / 'rounds.jsonl').read_text().splitlines()]
+  assert [r['round'] for r in rows] == [1, 2]
+  assert all(0.0 <= r['main_accuracy'] <= 1.0 and r['num_clients'] == 5 for r in rows)
+  assert (tmp_path / 'summary.json').exists() and (tmp_path / 'metrics.png').stat().st_size > 0
+
+
+def test_script_without_explicit_shutdown_ends_its_worker():
+  before = set(runtime.all_tff_worker_pids())
+  code = ('import numpy as np, tensorflow_federated as tff\n'
+          'import tff_flame.runtime\n'
+          '@tff.tensorflow.computation(np.float32)\n'
+          'def double(x):\n  return x * 2.0\n'
+          'assert double(np.float32(2.0)) == 4.0\n'
+          'assert tff_flame.runtime.tff_worker_pids(), "a worker should be running"\n'
+          'print("ok")\n')
+  out = _run(['-c', code], timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().endswith('ok')
+  assert set(runtime.all_tff_worker_pids()) - before == set()
+
+
+def test_bad_flags_fail_before_training_and_name_the_flag(tmp_path):
+  out_dir = tmp_path / 'never'
+  out = _run(['-m', 'tasks.run', '--rounds=0', f'--output_dir={out_dir}'])
+  assert out.returncode != 0 and '--rounds' in out.stderr
+  out = _run(['-m', 'tasks.run', '--num_clients=4', '--clients_per_round=9',
+              f'--output_dir={out_dir}'])
+  assert out.returncode == 2 and 'clients_per_round' in out.stderr
+  assert not out_dir.exists()
