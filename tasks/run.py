@@ -19,9 +19,9 @@ from tff_flame import runtime
 FLAGS = flags.FLAGS
 _TASK = flags.DEFINE_enum('task', 'digits', ['digits'], 'Task: offline digits (8x8 images).')
 _DEFENSE = flags.DEFINE_enum('defense', 'flame', list(experiment.DEFENSES), 'Aggregation defense.')
-_ATTACK = flags.DEFINE_enum('attack', 'data_poisoning', list(experiment.ATTACKS),
-                            'What malicious clients do.')
-_ROUNDS = flags.DEFINE_integer('rounds', 10, 'Training rounds.', lower_bound=1)
+_ATTACK = flags.DEFINE_enum('attack', 'constrain_and_scale', list(experiment.ATTACKS),
+                            'What malicious clients do: none, data_poisoning, constrain_and_scale, pgd, dba.')
+_ROUNDS = flags.DEFINE_integer('rounds', 15, 'Training rounds.', lower_bound=1)
 _NUM_CLIENTS = flags.DEFINE_integer('num_clients', 20, 'Clients in the population.', lower_bound=1)
 _CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 10, 'Clients per round.',
                                           lower_bound=1)
@@ -31,8 +31,19 @@ _MALICIOUS_FRACTION = flags.DEFINE_float('malicious_fraction', 0.3,
 _POISON_RATE = flags.DEFINE_float('data_poisoning_rate', 0.5,
                                   'Share of a malicious client\'s examples given the trigger.',
                                   lower_bound=0.0, upper_bound=1.0)
-_ATTACK_START = flags.DEFINE_integer('attack_start_round', 1, 'First round with attacks.',
+_ATTACK_START = flags.DEFINE_integer('attack_start_round', 8, 'First round with attacks.',
                                      lower_bound=1)
+_ATTACK_ROUNDS = flags.DEFINE_integer('attack_rounds', None,
+                                      'Rounds with attacks from the start round (default: all).',
+                                      lower_bound=0)
+_ALPHA_CS = flags.DEFINE_float('alpha', 0.9, 'constrain_and_scale: weight of the task loss.',
+                               lower_bound=0.0, upper_bound=1.0)
+_SCALE = flags.DEFINE_float('scale_factor', None, 'constrain_and_scale: gamma (default '
+                            'clients_per_round / (server_learning_rate * expected attackers per round): '
+                            'model replacement shared by the attackers).',
+                            lower_bound=1e-9)
+_PGD_RADIUS = flags.DEFINE_float('pgd_radius', 1.0, 'pgd: L2 radius around the global model.',
+                                 lower_bound=1e-9)
 _EPOCHS = flags.DEFINE_integer('client_epochs', 2, 'Local epochs per round.', lower_bound=1)
 _BATCH = flags.DEFINE_integer('batch_size', 20, 'Client batch size.', lower_bound=1)
 _CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.1, 'Client SGD learning rate.',
@@ -62,6 +73,8 @@ def main(argv):
       defense=_DEFENSE.value, attack=_ATTACK.value, rounds=_ROUNDS.value,
       clients_per_round=_CLIENTS_PER_ROUND.value, malicious_fraction=_MALICIOUS_FRACTION.value,
       data_poisoning_rate=_POISON_RATE.value, attack_start_round=_ATTACK_START.value,
+      attack_rounds=_ATTACK_ROUNDS.value, alpha=_ALPHA_CS.value, scale_factor=_SCALE.value,
+      pgd_radius=_PGD_RADIUS.value,
       client_epochs=_EPOCHS.value, batch_size=_BATCH.value,
       client_learning_rate=_CLIENT_LR.value, server_learning_rate=_SERVER_LR.value,
       noise_lambda=_NOISE.value, clustering_space=_SPACE.value, seed=_SEED.value)

@@ -18,23 +18,29 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_flame import attacks
 from tff_flame import flame_factory
+from tff_flame import gathered_factory
 from tff_flame import learning
 
 DEFENSES = ('none', 'flame')
-ATTACKS = ('none', 'data_poisoning')
+ATTACKS = attacks.ATTACKS
 
 
 @dataclasses.dataclass
 class ExperimentConfig:
   """What a run does; every field is a flag of the training binary."""
   defense: str = 'flame'
-  attack: str = 'data_poisoning'
-  rounds: int = 10
+  attack: str = 'constrain_and_scale'
+  rounds: int = 15
   clients_per_round: int = 10
   malicious_fraction: float = 0.3
   data_poisoning_rate: float = 0.5
-  attack_start_round: int = 1
+  attack_start_round: int = 8
+  attack_rounds: Optional[int] = None
+  alpha: float = 0.9
+  scale_factor: Optional[float] = None
+  pgd_radius: float = 1.0
   client_epochs: int = 2
   batch_size: int = 20
   client_learning_rate: float = 0.1
@@ -55,6 +61,25 @@ class ExperimentConfig:
     for name in ('malicious_fraction', 'data_poisoning_rate'):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f'{name} must be in [0, 1], got {getattr(self, name)}.')
+    if self.attack_rounds is not None and self.attack_rounds < 0:
+      raise ValueError(f'attack_rounds must be >= 0, got {self.attack_rounds}.')
+    self.attack_config()  # validates alpha, scale_factor, pgd_radius
+
+  def attack_config(self) -> attacks.AttackConfig:
+    """The attack; gamma defaults to model replacement shared by the expected attackers."""
+    scale = self.scale_factor
+    if scale is None:
+      scale = attacks.model_replacement_scale(
+          self.clients_per_round, self.server_learning_rate,
+          round(self.malicious_fraction * self.clients_per_round))
+    return attacks.AttackConfig(kind=self.attack, alpha=self.alpha, scale_factor=scale,
+                                pgd_radius=self.pgd_radius)
+
+  def attacking(self, round_num: int) -> bool:
+    """Whether malicious clients attack in this round (1-based)."""
+    if self.attack == 'none' or round_num < self.attack_start_round:
+      return False
+    return self.attack_rounds is None or round_num < self.attack_start_round + self.attack_rounds
 
 
 def malicious_clients(num_clients: int, fraction: float, seed: int) -> np.ndarray:
@@ -64,60 +89,79 @@ def malicious_clients(num_clients: int, fraction: float, seed: int) -> np.ndarra
   return np.sort(rng.choice(num_clients, size=count, replace=False))
 
 
-def tff_model_fn(task, batch_size: int) -> Callable[[], tff.learning.models.VariableModel]:
-  """Wraps the task's Keras model for TFF (sparse labels, logits)."""
-  x, y = task.client_data[0]
-  input_spec = (tf.TensorSpec([None] + list(x.shape[1:]), tf.as_dtype(x.dtype)),
-                tf.TensorSpec([None] + list(y.shape[1:]), tf.as_dtype(y.dtype)))
+def defense_factory(config: ExperimentConfig) -> tff.aggregators.UnweightedAggregationFactory:
+  if config.defense == 'flame':
+    return flame_factory.FlameFactory(noise_lambda=config.noise_lambda, seed=config.seed,
+                                      clustering_space=config.clustering_space)
+  return tff.aggregators.UnweightedMeanFactory()
 
-  def model_fn():
-    return tff.learning.models.from_keras_model(
-        task.model_fn(), input_spec=input_spec,
-        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
-  return model_fn
+
+def element_spec(task, config: ExperimentConfig):
+  x, y = task.client_data[0]
+  return attacks.flagged_dataset(x[:1], y[:1], False).batch(config.batch_size).element_spec
 
 
 def build_process(task, config: ExperimentConfig) -> tff.learning.templates.LearningProcess:
-  """FedAvg (unweighted: FLAME averages admitted clients equally) with the chosen defense."""
-  model_fn = tff_model_fn(task, config.batch_size)
-  client_optimizer = tff.learning.optimizers.build_sgdm(config.client_learning_rate)
-  server_optimizer = tff.learning.optimizers.build_sgdm(config.server_learning_rate)
-  if config.defense == 'flame':
-    flame = flame_factory.FlameFactory(
-        noise_lambda=config.noise_lambda, seed=config.seed,
-        clustering_space=config.clustering_space)
-    return learning.build_flame_fed_avg(model_fn, client_optimizer, server_optimizer, flame)
-  return tff.learning.algorithms.build_unweighted_fed_avg(
-      model_fn, client_optimizer, server_optimizer,
-      model_aggregator=tff.aggregators.UnweightedMeanFactory())
+  """Unweighted FedAvg whose clients may attack and whose server runs the defense."""
+  client_work = attacks.build_client_work(
+      task.model_fn, element_spec(task, config), config.client_learning_rate,
+      config.attack_config())
+
+  @tff.tensorflow.computation()
+  def initial_model_weights_fn():
+    return tff.learning.models.ModelWeights.from_model(task.model_fn())
+
+  weights_type = initial_model_weights_fn.type_signature.result
+  model_space = config.defense == 'flame' and config.clustering_space == 'model'
+  aggregator = gathered_factory.create_labelled(
+      defense_factory(config), weights_type.trainable, with_reference=model_space)
+  return learning.compose_learning_process_with_reference(
+      initial_model_weights_fn,
+      tff.learning.templates.build_broadcast_process(weights_type),
+      client_work, aggregator,
+      tff.learning.templates.build_apply_optimizer_finalizer(
+          tff.learning.optimizers.build_sgdm(config.server_learning_rate), weights_type),
+      pass_reference=model_space)
 
 
-def client_dataset(x: np.ndarray, y: np.ndarray, config: ExperimentConfig, seed: int) -> tf.data.Dataset:
-  return (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
-          .repeat(config.client_epochs).batch(config.batch_size))
-
-
-def round_datasets(task, client_ids, malicious: set, round_num: int,
+def round_datasets(task, client_ids, malicious_ids, round_num: int,
                    config: ExperimentConfig) -> list:
-  """The round's client datasets; malicious clients poison theirs when attacking."""
-  attacking = config.attack != 'none' and round_num >= config.attack_start_round
+  """The round's `(x, y, is_malicious)` datasets; attacking clients poison theirs.
+
+  With DBA, the k-th malicious client of the population uses trigger part
+  k mod num_trigger_parts.
+  """
+  malicious_ids = list(malicious_ids)
+  attacking = config.attacking(round_num)
   datasets = []
   for cid in client_ids:
     x, y = task.client_data[cid]
-    if attacking and cid in malicious:
+    is_attacker = attacking and cid in malicious_ids
+    if is_attacker:
       rng = np.random.default_rng([config.seed, round_num, int(cid)])
-      x, y = task.poison_fn(x, y, config.data_poisoning_rate, rng)
-    datasets.append(client_dataset(x, y, config, seed=config.seed + round_num))
+      part = (malicious_ids.index(cid) % task.num_trigger_parts
+              if config.attack == 'dba' else None)
+      x, y = task.poison_fn(x, y, config.data_poisoning_rate, rng, trigger_part=part)
+    datasets.append(attacks.flagged_dataset(x, y, is_attacker)
+                    .shuffle(len(x), seed=config.seed + round_num)
+                    .repeat(config.client_epochs).batch(config.batch_size))
   return datasets
 
 
 def _scalar_measurements(aggregator_metrics) -> dict:
+  """The round's scalar defense measurements; NaN (e.g. TPR without attackers) -> None."""
   out = {}
-  for key in ('num_clients', 'num_admitted', 'clipping_bound', 'noise_stddev', 'fallback'):
+  for key in ('num_clients', 'num_admitted', 'num_malicious', 'tpr', 'tnr', 'clipping_bound',
+              'noise_stddev', 'fallback'):
     if key in aggregator_metrics:
-      out[key] = float(np.asarray(aggregator_metrics[key]))
+      value = float(np.asarray(aggregator_metrics[key]))
+      out[key] = None if np.isnan(value) else value
   return out
+
+
+def _fmt(value) -> str:
+  return 'n/a' if value is None else f'{value:.2f}'
+
 
 
 def run_experiment(task, config: ExperimentConfig, output_dir: str,
@@ -132,7 +176,7 @@ def run_experiment(task, config: ExperimentConfig, output_dir: str,
   os.makedirs(output_dir, exist_ok=True)
   rounds_path = os.path.join(output_dir, 'rounds.jsonl')
   open(rounds_path, 'w').close()
-  malicious = set(malicious_clients(num_clients, config.malicious_fraction, config.seed).tolist())
+  malicious = malicious_clients(num_clients, config.malicious_fraction, config.seed).tolist()
   process = build_process(task, config)
   state = process.initialize()
   keras_model = task.model_fn()
@@ -147,20 +191,22 @@ def run_experiment(task, config: ExperimentConfig, output_dir: str,
     process.get_model_weights(state).assign_weights_to(keras_model)
     row = dict(round=round_num, main_accuracy=task.main_accuracy(keras_model),
                backdoor_accuracy=task.backdoor_accuracy(keras_model),
-               num_malicious=int(sum(c in malicious for c in client_ids)),
+               attacking=config.attacking(round_num),
                **_scalar_measurements(output.metrics['aggregator']))
+    row.setdefault('num_malicious', int(output.metrics['client_work']['num_malicious']))
     rows.append(row)
     with open(rounds_path, 'a') as f:
       f.write(json.dumps(row) + '\n')
     elapsed = time.monotonic() - start
     eta = elapsed / round_num * (config.rounds - round_num)
     admitted = (f" admitted {int(row['num_admitted'])}/{int(row['num_clients'])}"
+                f" TPR {_fmt(row['tpr'])} TNR {_fmt(row['tnr'])}"
                 if 'num_admitted' in row else '')
     log(f'round {round_num}/{config.rounds} elapsed {elapsed:.0f}s eta {eta:.0f}s '
         f"MA {row['main_accuracy']:.3f} BA {row['backdoor_accuracy']:.3f} "
-        f"malicious {row['num_malicious']}/{len(client_ids)}{admitted}")
+        f"malicious {int(row['num_malicious'])}/{len(client_ids)}{admitted}")
   summary = dict(config=dataclasses.asdict(config), task=task.name,
-                 num_clients=num_clients, malicious_clients=sorted(malicious),
+                 num_clients=num_clients, malicious_clients=malicious,
                  final=rows[-1] if rows else None, seconds=time.monotonic() - start)
   with open(os.path.join(output_dir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
@@ -178,9 +224,10 @@ def plot_rounds(rows: list, path: str, title: str = '') -> None:
   fig, ax = plt.subplots(figsize=(6, 3.5))
   ax.plot(rounds, [r['main_accuracy'] for r in rows], marker='o', label='main accuracy (MA)')
   ax.plot(rounds, [r['backdoor_accuracy'] for r in rows], marker='s', label='backdoor accuracy (BA)')
-  if rows and 'num_admitted' in rows[0]:
-    ax.plot(rounds, [r['num_admitted'] / r['num_clients'] for r in rows], ls='--',
-            label='admitted share')
+  for key, label in (('tpr', 'filter TPR'), ('tnr', 'filter TNR')):
+    if rows and key in rows[0]:
+      ax.plot(rounds, [np.nan if r[key] is None else r[key] for r in rows], ls='--',
+              label=label)
   ax.set_xlabel('round')
   ax.set_ylim(-0.02, 1.02)
   ax.set_title(title)

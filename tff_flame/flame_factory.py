@@ -78,6 +78,9 @@ class FlameFactory(gathered_factory.GatheredAggregationFactory):
   def server_step(self, state, updates, reference=None):
     if self._clustering_space == 'update':
       reference = None
+    elif reference is None:
+      raise ValueError("clustering_space='model' needs the global model: build the process "
+                       'with create_with_reference(value_type).')
     seed = tf.stack([state['seed'], state['round_num']])
     aggregate, measurements = flame_ops.flame_round(
         updates, seed, self._noise_lambda, self._min_cluster_size, self._min_samples,

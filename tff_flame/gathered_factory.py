@@ -8,6 +8,7 @@ function that subclasses implement.
 """
 
 import abc
+import collections
 from typing import Any
 
 import numpy as np
@@ -86,20 +87,34 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     """
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
-    return self._build(value_type, with_reference=False)
+    return self._build(value_type, with_reference=False, labelled=False)
 
-  def create_with_reference(self, value_type) -> tff.templates.MeasuredProcess:
+  def create_with_reference(self, value_type, labelled: bool = False) -> tff.templates.MeasuredProcess:
     """Like `create`, but `next(state, value@CLIENTS, reference@SERVER)`.
 
     The reference is a server-placed value of `value_type` (the global model),
     for defenses that work on local models G - delta_i rather than updates.
+    `labelled` is as in `create_labelled`.
     """
-    return self._build(value_type, with_reference=True)
+    return self._build(value_type, with_reference=True, labelled=labelled)
 
-  def _build(self, value_type, with_reference: bool):
+  def create_labelled(self, value_type) -> tff.templates.MeasuredProcess:
+    """For experiments: clients send `(update, is_malicious)`, an int32 0/1 flag.
+
+    The flag travels with its update through the gather, so the filter's
+    true/false positive rates are exact whatever order TFF gathers clients in.
+    Adds measurements `num_malicious`, `tpr` (malicious updates rejected /
+    malicious; NaN without malicious clients) and `tnr` (benign admitted /
+    benign). The result is the aggregate of the updates only.
+    """
+    return self._build(value_type, with_reference=False, labelled=True)
+
+  def _build(self, value_type, with_reference: bool, labelled: bool):
     specs = check_value_type(value_type)
+    client_type = (tff.StructWithPythonType([value_type, tff.TensorType(np.int32)], tuple)
+                   if labelled else value_type)
     gather = tff.aggregators.UnweightedReservoirSamplingFactory(
-        sample_size=self._max_clients).create(value_type)
+        sample_size=self._max_clients).create(client_type)
     stacked_type = gather.next.type_signature.result.result.member
     max_clients = self._max_clients
 
@@ -110,6 +125,9 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     state_type = initial_state_tf.type_signature.result
 
     def server_body(state, stacked, num_clients, reference):
+      flags = None
+      if labelled:
+        stacked, flags = stacked[0], stacked[1]
       updates = flatten_leaves(_leaves(stacked))
       all_gathered = tf.debugging.assert_equal(
           tf.shape(updates)[0], num_clients,
@@ -120,6 +138,9 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
       if reference is not None:
         reference = flatten_leaves([tf.expand_dims(x, 0) for x in _leaves(reference)])[0]
       new_state, aggregate, measurements = self.server_step(state, updates, reference)
+      if labelled:
+        measurements = collections.OrderedDict(
+            measurements, **filter_rates(flags, measurements['admitted']))
       result = _pack_like(value_type, unflatten_vector(aggregate, specs))
       return new_state, result, measurements
 
@@ -128,7 +149,7 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
       return tff.federated_eval(initial_state_tf, tff.SERVER)
 
     federated_state_type = init_fn.type_signature.result
-    client_value_type = tff.FederatedType(value_type, tff.CLIENTS)
+    client_value_type = tff.FederatedType(client_type, tff.CLIENTS)
 
     def gather_all(value):
       num_clients = tff.federated_sum(tff.federated_value(np.int32(1), tff.CLIENTS))
@@ -141,13 +162,13 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
 
       @tff.federated_computation(federated_state_type, client_value_type,
                                  tff.FederatedType(value_type, tff.SERVER))
-      def next_fn(state, value, reference):
+      def next_with_reference(state, value, reference):
         stacked, num_clients = gather_all(value)
         new_state, result, measurements = tff.federated_map(
             server_with_reference, tff.federated_zip((state, stacked, num_clients, reference)))
         return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
 
-      return tff.templates.MeasuredProcess(init_fn, next_fn)
+      return tff.templates.MeasuredProcess(init_fn, next_with_reference)
 
     @tff.tensorflow.computation(state_type, stacked_type, np.int32)
     def server(state, stacked, num_clients):
@@ -160,4 +181,51 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
           server, tff.federated_zip((state, stacked, num_clients)))
       return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
 
+    if labelled:
+      return tff.templates.MeasuredProcess(init_fn, next_fn)
     return tff.templates.AggregationProcess(init_fn, next_fn)
+
+
+def filter_rates(is_malicious: tf.Tensor, admitted: tf.Tensor) -> dict:
+  """TPR = malicious rejected / malicious, TNR = benign admitted / benign (NaN if none)."""
+  malicious = tf.equal(is_malicious, 1)
+  admitted = tf.equal(admitted, 1)
+  count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.float64))
+  num_malicious = count(malicious)
+  num_benign = count(tf.logical_not(malicious))
+  nan = tf.constant(float('nan'), tf.float64)
+  tpr = tf.where(num_malicious > 0,
+                 count(malicious & tf.logical_not(admitted)) / tf.maximum(num_malicious, 1.0), nan)
+  tnr = tf.where(num_benign > 0,
+                 count(tf.logical_not(malicious) & admitted) / tf.maximum(num_benign, 1.0), nan)
+  return dict(num_malicious=tf.cast(num_malicious, tf.int32), tpr=tpr, tnr=tnr)
+
+
+def create_labelled(factory: tff.aggregators.UnweightedAggregationFactory, value_type,
+                    with_reference: bool = False) -> tff.templates.MeasuredProcess:
+  """A process taking `(update, is_malicious)` client values for any unweighted factory.
+
+  Gathering factories measure TPR/TNR from the flags; others (a plain mean,
+  TFF's clipping or DP factories) do not filter, so the flag is dropped. With
+  `with_reference`, `next` also takes the global model at the server (used by
+  gathering factories that cluster local models, ignored by the others).
+  """
+  if isinstance(factory, GatheredAggregationFactory):
+    if with_reference:
+      return factory.create_with_reference(value_type, labelled=True)
+    return factory.create_labelled(value_type)
+  inner = factory.create(value_type)
+  labelled_type = tff.FederatedType(
+      tff.StructWithPythonType([value_type, tff.TensorType(np.int32)], tuple), tff.CLIENTS)
+  state_type = inner.initialize.type_signature.result
+  if with_reference:
+    @tff.federated_computation(state_type, labelled_type, tff.FederatedType(value_type, tff.SERVER))
+    def next_with_reference(state, value, reference):
+      del reference
+      return inner.next(state, value[0])
+    return tff.templates.MeasuredProcess(inner.initialize, next_with_reference)
+
+  @tff.federated_computation(state_type, labelled_type)
+  def next_fn(state, value):
+    return inner.next(state, value[0])
+  return tff.templates.MeasuredProcess(inner.initialize, next_fn)

@@ -20,8 +20,14 @@ def compose_learning_process_with_reference(
     client_work: tff.learning.templates.ClientWorkProcess,
     aggregator: tff.templates.MeasuredProcess,
     finalizer: tff.learning.templates.FinalizerProcess,
+    pass_reference: bool = True,
 ) -> tff.learning.templates.LearningProcess:
-  """`compose_learning_process`, but `aggregator.next(state, updates, global_trainable)`."""
+  """`compose_learning_process`, but `aggregator.next(state, updates, global_trainable)`.
+
+  With `pass_reference=False` it is `aggregator.next(state, updates)`: the
+  same composition for aggregators whose client values are not plain model
+  updates (e.g. updates carrying a ground-truth label, see `attacks`).
+  """
   client_data_type = client_work.next.type_signature.parameter[2]
   algorithm_state = tff.learning.templates.LearningAlgorithmState
 
@@ -36,8 +42,11 @@ def compose_learning_process_with_reference(
   def next_fn(state, client_data):
     distributed = distributor.next(state.distributor, state.global_model_weights)
     work = client_work.next(state.client_work, distributed.result, client_data)
-    aggregated = aggregator.next(state.aggregator, work.result.update,
-                                 state.global_model_weights.trainable)
+    if pass_reference:
+      aggregated = aggregator.next(state.aggregator, work.result.update,
+                                   state.global_model_weights.trainable)
+    else:
+      aggregated = aggregator.next(state.aggregator, work.result.update)
     finalized = finalizer.next(state.finalizer, state.global_model_weights, aggregated.result)
     new_state = tff.federated_zip(algorithm_state(
         finalized.result, distributed.state, work.state, aggregated.state, finalized.state))

@@ -9,6 +9,7 @@ exit as a last resort.
 
 import atexit
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -84,6 +85,10 @@ def tff_runtime() -> Iterator[None]:
   try:
     yield
   finally:
+    # Replacing the context lets TFF's own service manager end its worker now,
+    # while the interpreter is whole (at exit its __del__ fails noisily).
+    tff.backends.native.set_sync_local_cpp_execution_context()
+    gc.collect()
     shutdown_tff_workers()
 
 
