@@ -13,11 +13,13 @@ import sys
 from absl import app
 from absl import flags
 
+from tasks import registry
 from tff_flame import experiment
 from tff_flame import runtime
 
 FLAGS = flags.FLAGS
-_TASK = flags.DEFINE_enum('task', 'digits', ['digits'], 'Task: offline digits (8x8 images).')
+_TASK = flags.DEFINE_enum('task', 'digits', list(registry.TASKS),
+                          'digits (offline 8x8 images), emnist, shakespeare or nbaiot.')
 _DEFENSE = flags.DEFINE_enum('defense', 'flame', list(experiment.DEFENSES), 'Aggregation defense.')
 _ATTACK = flags.DEFINE_enum('attack', 'constrain_and_scale', list(experiment.ATTACKS),
                             'What malicious clients do: none, data_poisoning, constrain_and_scale, pgd, dba.')
@@ -57,13 +59,25 @@ _SPACE = flags.DEFINE_enum('clustering_space', 'update', ['update', 'model'],
 _ALPHA = flags.DEFINE_float('dirichlet_alpha', 0.5, 'Non-IID knob (smaller: more skewed).',
                             lower_bound=1e-3)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for data split, sampling, attackers, noise.')
+_EMNIST_CACHE = flags.DEFINE_string('emnist_cache_dir', None,
+                                    'emnist: where TFF keeps (or downloads) emnist_all.sqlite.')
+_SHAKESPEARE_TEXT = flags.DEFINE_string('shakespeare_text', None,
+                                        "shakespeare: a play text in 'SPEAKER:' + lines format.")
+_SHAKESPEARE_CACHE = flags.DEFINE_string('shakespeare_cache_dir', None,
+                                         'shakespeare: TFF cache dir (when no --shakespeare_text).')
+_NBAIOT_PATH = flags.DEFINE_string('nbaiot_path', None,
+                                   'nbaiot: per-device N-BaIoT folder or a folder of CSVs.')
+_NBAIOT_SPLIT = flags.DEFINE_integer('nbaiot_clients_per_device', 5,
+                                     'nbaiot: clients each device is split into.', lower_bound=1)
 _OUTPUT = flags.DEFINE_string('output_dir', 'output/run', 'Where results are written.')
 
 
 def load_task():
-  from tasks import emnist  # pylint: disable=g-import-not-at-top
-  return emnist.load_digits_task(num_clients=_NUM_CLIENTS.value,
-                                 dirichlet_alpha=_ALPHA.value, seed=_SEED.value)
+  return registry.load_task(
+      _TASK.value, num_clients=_NUM_CLIENTS.value, seed=_SEED.value,
+      dirichlet_alpha=_ALPHA.value, emnist_cache_dir=_EMNIST_CACHE.value,
+      shakespeare_text=_SHAKESPEARE_TEXT.value, shakespeare_cache_dir=_SHAKESPEARE_CACHE.value,
+      nbaiot_path=_NBAIOT_PATH.value, nbaiot_clients_per_device=_NBAIOT_SPLIT.value)
 
 
 def main(argv):

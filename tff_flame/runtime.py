@@ -12,6 +12,7 @@ import contextlib
 import gc
 import os
 import signal
+import sys
 import time
 from typing import Iterator
 
@@ -77,6 +78,27 @@ def shutdown_tff_workers(timeout_s: float = 10.0) -> int:
   return len(pids)
 
 
+def _quiet_service_managers() -> None:
+  """Stops TFF's worker managers from failing noisily at interpreter teardown.
+
+  TFF's `ServiceManager.__del__` (one per execution context) kills its worker,
+  but at teardown it runs after the `subprocess` module is gone and prints an
+  AttributeError traceback. Once `shutdown_tff_workers` has ended the workers
+  there is nothing left for it to do.
+  """
+  for obj in gc.get_objects():
+    cls = type(obj)
+    if cls.__name__ == 'ServiceManager' and 'executor_factory' in cls.__module__:
+      cls.__del__ = lambda self: None
+
+
+def end_tff() -> None:
+  """Ends every TFF worker this process started (and TFF's own exit-time cleanup)."""
+  shutdown_tff_workers()
+  if 'tensorflow_federated' in sys.modules:
+    _quiet_service_managers()
+
+
 @contextlib.contextmanager
 def tff_runtime() -> Iterator[None]:
   """Runs the body in a fresh local C++ execution context and ends its worker after."""
@@ -85,11 +107,7 @@ def tff_runtime() -> Iterator[None]:
   try:
     yield
   finally:
-    # Replacing the context lets TFF's own service manager end its worker now,
-    # while the interpreter is whole (at exit its __del__ fails noisily).
-    tff.backends.native.set_sync_local_cpp_execution_context()
-    gc.collect()
     shutdown_tff_workers()
 
 
-atexit.register(shutdown_tff_workers)
+atexit.register(end_tff)
