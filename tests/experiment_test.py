@@ -1,0 +1,98 @@
+"""The experiment loop: attackers, DBA parts, per-round records that survive a crash."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from tasks import emnist
+from tff_flame import experiment
+
+
+@pytest.fixture(scope='module')
+def task():
+  return emnist.load_digits_task(num_clients=6, seed=0)
+
+
+def config(**kwargs):
+  base = dict(defense='flame', attack='constrain_and_scale', rounds=2, clients_per_round=6,
+              malicious_fraction=0.34, attack_start_round=1, client_epochs=1, seed=0)
+  base.update(kwargs)
+  return experiment.ExperimentConfig(**base)
+
+
+def test_malicious_clients_are_fixed_by_seed():
+  a = experiment.malicious_clients(20, 0.3, seed=1)
+  assert len(a) == 6 and len(set(a.tolist())) == 6
+  np.testing.assert_array_equal(a, experiment.malicious_clients(20, 0.3, seed=1))
+  assert not np.array_equal(a, experiment.malicious_clients(20, 0.3, seed=2))
+
+
+def test_attack_window():
+  c = config(attack_start_round=3, attack_rounds=2)
+  assert [c.attacking(r) for r in range(1, 7)] == [False, False, True, True, False, False]
+  assert not config(attack='none').attacking(5)
+
+
+def test_dba_gives_each_attacker_one_trigger_part(task):
+  c = config(attack='dba', data_poisoning_rate=1.0)
+  malicious = [1, 3, 4]
+  datasets = experiment.round_datasets(task, [1, 3, 4, 5], malicious, 1, c)
+  parts = task.info['trigger_parts']
+  for k, (cid, ds) in enumerate(zip([1, 3, 4], datasets)):
+    xs = np.concatenate([b[0].numpy() for b in ds])
+    flags = np.concatenate([b[2].numpy() for b in ds])
+    assert flags.all()
+    expected = emnist.trigger_pixels(parts, k % len(parts))
+    others = [p for i in range(len(parts)) if i != k % len(parts)
+              for p in zip(*emnist.trigger_pixels(parts, i))]
+    rows, cols = expected
+    assert np.allclose(xs[:, rows, cols, 0], task.info['trigger_value'])
+    clean = task.client_data[cid][0]
+    untouched = [p for p in others if p not in set(zip(rows, cols))]
+    for r, col in untouched:
+      assert np.allclose(np.sort(xs[:, r, col, 0]), np.sort(clean[:, r, col, 0]))
+  benign = np.concatenate([b[2].numpy() for b in datasets[3]])
+  assert not benign.any()
+
+
+def test_run_writes_every_round_and_the_summary(task, tmp_path):
+  summary = experiment.run_experiment(task, config(), str(tmp_path), log=lambda s: None)
+  rows = [json.loads(l) for l in (tmp_path / 'rounds.jsonl').read_text().splitlines()]
+  assert [r['round'] for r in rows] == [1, 2]
+  for r in rows:
+    assert 0 <= r['main_accuracy'] <= 1 and 0 <= r['backdoor_accuracy'] <= 1
+    assert r['num_clients'] == 6 and r['num_malicious'] == 2
+    assert r['tpr'] is None or 0 <= r['tpr'] <= 1
+  assert summary['final'] == rows[-1]
+  assert json.loads((tmp_path / 'summary.json').read_text())['malicious_clients'] == \
+      summary['malicious_clients']
+  assert (tmp_path / 'metrics.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_a_crash_keeps_the_finished_rounds(task, tmp_path):
+  calls = []
+
+  def failing_backdoor_accuracy(model):
+    calls.append(1)
+    if len(calls) == 2:
+      raise RuntimeError('evaluation died')
+    return task.backdoor_accuracy(model)
+
+  broken = dataclasses.replace(task)
+  object.__setattr__(broken, 'backdoor_accuracy', failing_backdoor_accuracy)
+  with pytest.raises(RuntimeError, match='evaluation died'):
+    experiment.run_experiment(broken, config(attack='none', defense='none'), str(tmp_path),
+                              log=lambda s: None)
+  rows = (tmp_path / 'rounds.jsonl').read_text().splitlines()
+  assert len(rows) == 1 and json.loads(rows[0])['round'] == 1
+
+
+def test_bad_config_names_the_field(task):
+  with pytest.raises(ValueError, match='clients_per_round'):
+    config(clients_per_round=50).validate(len(task.client_data))
+  with pytest.raises(ValueError, match='malicious_fraction'):
+    config(malicious_fraction=1.5).validate(6)
+  with pytest.raises(ValueError, match='defense'):
+    config(defense='krum9').validate(6)
