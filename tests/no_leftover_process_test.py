@@ -53,3 +53,22 @@ def test_bad_flags_fail_before_training_and_name_the_flag(tmp_path):
               f'--output_dir={out_dir}'])
   assert out.returncode == 2 and 'clients_per_round' in out.stderr
   assert not out_dir.exists()
+
+
+def test_bad_data_file_fails_before_training_and_names_the_file(tmp_path):
+  data = tmp_path / 'nbaiot'
+  data.mkdir()
+  (data / 'benign_traffic.csv').write_text('a,b\n1,2\n')  # 2 columns, not 115
+  (data / 'scan.csv').write_text('a,b\n1,2\n')
+  out_dir = tmp_path / 'never'
+  out = _run(['-m', 'tasks.run', '--task=nbaiot', f'--nbaiot_path={data}',
+              f'--output_dir={out_dir}'])
+  assert out.returncode == 2
+  named = [line for line in out.stderr.splitlines() if line.startswith('error:')]
+  assert named and '.csv' in named[0] and 'column' in named[0], out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr
+  assert not out_dir.exists()
+  out = _run(['-m', 'tasks.run', '--task=shakespeare', f'--shakespeare_text={tmp_path}/no.txt',
+              f'--output_dir={out_dir}'])
+  assert out.returncode == 2 and '--shakespeare_text' in out.stderr
+  assert not out_dir.exists()
