@@ -61,29 +61,68 @@ def median_seconds(fn, repeats):
   return statistics.median(times)
 
 
+def worker_peak_mb() -> float:
+  """Peak resident memory of this process's TFF worker (VmHWM), in MB."""
+  pids = runtime.tff_worker_pids()
+  if not pids:
+    return float('nan')
+  with open(f'/proc/{pids[0]}/status') as f:
+    for line in f:
+      if line.startswith('VmHWM'):
+        return int(line.split()[1]) / 1024
+  return float('nan')
+
+
+def available_mb() -> float:
+  with open('/proc/meminfo') as f:
+    for line in f:
+      if line.startswith('MemAvailable'):
+        return int(line.split()[1]) / 1024
+  return float('inf')
+
+
+def gather_estimate_mb(n: int, size: int) -> float:
+  """TFF's runtime keeps every intermediate of a federated_aggregate: the
+  growing [k, d] stacks of a gather cost about n^2 / 2 * d floats, plus copies
+  (measured here: 0.8 GB at n=10, 2.1 GB at n=20 for d = 1.66 M, i.e. about
+  1.4 * n^2 / 2 * d * 4 bytes above a 0.4 GB base)."""
+  return 400 + 1.4 * n * n / 2 * size * 4 / 2**20
+
+
 def time_next(factory, value_type, values, repeats):
-  process = factory.create(value_type)
-  state = process.initialize()
-  return median_seconds(lambda: process.next(state, values), repeats)
+  """(median seconds of `next`, worker peak MB), in a worker of its own."""
+  with runtime.tff_runtime():
+    process = factory.create(value_type)
+    state = process.initialize()
+    seconds = median_seconds(lambda: process.next(state, values), repeats)
+    return seconds, worker_peak_mb()
 
 
 def main(argv):
   del argv
   rng = np.random.default_rng(0)
   results = dict(next=[], clustering=[])
-  with runtime.tff_runtime():
-    value_type, num_params = emnist_cnn_value_type()
-    print(f'update size: {num_params} floats (EMNIST CNN trainable weights)')
-    print(f"{'n':>5} {'mean next s':>12} {'FLAME next s':>13} {'FLAME/mean':>11}")
-    for n in [int(c) for c in _CLIENTS.value]:
-      values = client_values(value_type, n, rng)
-      mean_s = time_next(tff.aggregators.UnweightedMeanFactory(), value_type, values,
-                         _REPEATS.value)
-      flame_s = time_next(flame_factory.FlameFactory(max_clients=max(n, 1000)), value_type,
-                          values, _REPEATS.value)
-      results['next'].append(dict(n=n, mean_s=mean_s, flame_s=flame_s, ratio=flame_s / mean_s))
-      print(f'{n:>5} {mean_s:>12.3f} {flame_s:>13.3f} {flame_s / mean_s:>11.2f}')
-      del values
+  value_type, num_params = emnist_cnn_value_type()
+  print(f'update size: {num_params} floats (EMNIST CNN trainable weights)')
+  print(f"{'n':>5} {'mean next s':>12} {'FLAME next s':>13} {'FLAME/mean':>11} "
+        f"{'mean peak MB':>13} {'FLAME peak MB':>14} {'ratio':>6}")
+  for n in [int(c) for c in _CLIENTS.value]:
+    need, have = gather_estimate_mb(n, num_params), available_mb()
+    if need > 0.8 * have:
+      print(f'{n:>5} skipped: gathering {n} updates in TFF\'s runtime needs about '
+            f'{need / 1024:.0f} GB, {have / 1024:.0f} GB available')
+      results['next'].append(dict(n=n, skipped=True, estimate_mb=need, available_mb=have))
+      continue
+    values = client_values(value_type, n, rng)
+    mean_s, mean_mb = time_next(tff.aggregators.UnweightedMeanFactory(), value_type, values,
+                                _REPEATS.value)
+    flame_s, flame_mb = time_next(flame_factory.FlameFactory(max_clients=max(n, 1000)),
+                                  value_type, values, _REPEATS.value)
+    results['next'].append(dict(n=n, mean_s=mean_s, flame_s=flame_s, ratio=flame_s / mean_s,
+                                mean_peak_mb=mean_mb, flame_peak_mb=flame_mb))
+    print(f'{n:>5} {mean_s:>12.3f} {flame_s:>13.3f} {flame_s / mean_s:>11.2f} '
+          f'{mean_mb:>13.0f} {flame_mb:>14.0f} {flame_mb / mean_mb:>6.1f}', flush=True)
+    del values
 
   labels_tf = tf.function(clustering.hdbscan_labels, input_signature=[
       tf.TensorSpec([None, None], tf.float64), tf.TensorSpec([], tf.int32),
