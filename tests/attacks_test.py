@@ -125,3 +125,24 @@ def test_labelled_plain_mean_drops_the_flag():
   values = [(np.full(6, 1.0, np.float32), np.int32(0)), (np.full(6, 3.0, np.float32), np.int32(1))]
   out = process.next(process.initialize(), values)
   np.testing.assert_allclose(out.result, np.full(6, 2.0))
+
+
+def test_models_with_sparse_gradients_train():
+  """Embedding layers give IndexedSlices gradients (the text task's LSTM has one)."""
+  def embedding_model():
+    return tf.keras.Sequential([tf.keras.layers.Input((4,), dtype=tf.int32),
+                                tf.keras.layers.Embedding(6, 3), tf.keras.layers.Flatten(),
+                                tf.keras.layers.Dense(2)])
+  x = np.array([[1, 2, 3, 4], [0, 1, 1, 2]], np.int32)
+  y = np.array([0, 1], np.int32)
+  data = attacks.flagged_dataset(x, y, False).batch(2)
+  work = attacks.build_client_work(embedding_model, data.element_spec, 0.5,
+                                   attacks.AttackConfig(kind='none'))
+  model = embedding_model()
+  weights = tff.learning.models.ModelWeights(
+      trainable=[v.numpy() for v in model.trainable_variables], non_trainable=[])
+  (update, flag), = [r.update for r in work.next(work.initialize(), [weights], [data]).result]
+  embedding_update = np.asarray(update[0])
+  assert flag == 0
+  assert (np.abs(embedding_update[:5]).sum(axis=1) > 0).all()  # looked-up rows moved
+  np.testing.assert_array_equal(embedding_update[5], 0.0)  # row 5 was never looked up

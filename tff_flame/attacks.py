@@ -112,7 +112,8 @@ def build_client_work(keras_model_fn: Callable[[], tf.keras.Model], element_spec
                 model.trainable_variables, initial_trainable)
         grads = tape.gradient(total, model.trainable_variables)
         for v, g in zip(model.trainable_variables, grads):
-          v.assign_sub(learning_rate * g)
+          if g is not None:  # Embedding gradients arrive as IndexedSlices.
+            v.assign_sub(learning_rate * tf.convert_to_tensor(g))
         if attack.kind == 'pgd':
           projected = project_to_ball(model.trainable_variables, initial_trainable,
                                       attack.pgd_radius)
