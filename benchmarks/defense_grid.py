@@ -24,6 +24,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from tff_flame import defense_registry
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 
@@ -38,7 +40,7 @@ TASK_FLAGS = {
                     '--num_clients=10', '--clients_per_round=10', '--rounds=12',
                     '--attack_start_round=7', '--client_epochs=1', '--client_learning_rate=1.0'],
 }
-FILTERING = ('flame',)
+FILTERING = defense_registry.FILTERING
 
 _TASKS = flags.DEFINE_list('tasks', ['digits', 'nbaiot'], f'Tasks among {sorted(TASK_FLAGS)}.')
 _ATTACKS = flags.DEFINE_list('attacks', ['none', 'constrain_and_scale'], 'Attacks (tasks.run).')

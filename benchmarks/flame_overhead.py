@@ -9,8 +9,6 @@ push an opposite direction.
 """
 
 import json
-import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -18,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from benchmarks import measure
 from tff_flame import clustering
 from tff_flame import flame_factory
 from tff_flame import flame_ops
@@ -51,51 +50,13 @@ def client_values(value_type, n, rng):
   return values
 
 
-def median_seconds(fn, repeats):
-  fn()  # warm-up: builds and loads the computation
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def worker_peak_mb() -> float:
-  """Peak resident memory of this process's TFF worker (VmHWM), in MB."""
-  pids = runtime.tff_worker_pids()
-  if not pids:
-    return float('nan')
-  with open(f'/proc/{pids[0]}/status') as f:
-    for line in f:
-      if line.startswith('VmHWM'):
-        return int(line.split()[1]) / 1024
-  return float('nan')
-
-
-def available_mb() -> float:
-  with open('/proc/meminfo') as f:
-    for line in f:
-      if line.startswith('MemAvailable'):
-        return int(line.split()[1]) / 1024
-  return float('inf')
-
-
-def gather_estimate_mb(n: int, size: int) -> float:
-  """TFF's runtime keeps every intermediate of a federated_aggregate: the
-  growing [k, d] stacks of a gather cost about n^2 / 2 * d floats, plus copies
-  (measured here: 0.8 GB at n=10, 2.1 GB at n=20 for d = 1.66 M, i.e. about
-  1.4 * n^2 / 2 * d * 4 bytes above a 0.4 GB base)."""
-  return 400 + 1.4 * n * n / 2 * size * 4 / 2**20
-
-
 def time_next(factory, value_type, values, repeats):
   """(median seconds of `next`, worker peak MB), in a worker of its own."""
   with runtime.tff_runtime():
     process = factory.create(value_type)
     state = process.initialize()
-    seconds = median_seconds(lambda: process.next(state, values), repeats)
-    return seconds, worker_peak_mb()
+    seconds = measure.median_seconds(lambda: process.next(state, values), repeats)
+    return seconds, measure.worker_peak_mb()
 
 
 def main(argv):
@@ -107,7 +68,7 @@ def main(argv):
   print(f"{'n':>5} {'mean next s':>12} {'FLAME next s':>13} {'FLAME/mean':>11} "
         f"{'mean peak MB':>13} {'FLAME peak MB':>14} {'ratio':>6}")
   for n in [int(c) for c in _CLIENTS.value]:
-    need, have = gather_estimate_mb(n, num_params), available_mb()
+    need, have = measure.gather_estimate_mb(n, num_params), measure.available_mb()
     if need > 0.8 * have:
       print(f'{n:>5} skipped: gathering {n} updates in TFF\'s runtime needs about '
             f'{need / 1024:.0f} GB, {have / 1024:.0f} GB available')
@@ -132,8 +93,8 @@ def main(argv):
     x = rng.normal(size=(n, 64)) + np.where(np.arange(n)[:, None] < n // 3, -2.0, 2.0)
     d = flame_ops.cosine_distances(tf.constant(x)).numpy()
     mcs = n // 2 + 1
-    tf_s = median_seconds(lambda: labels_tf(d, mcs, 1).numpy(), _REPEATS.value)
-    pkg_s = median_seconds(lambda: clustering.hdbscan_labels_numpy(d, mcs, 1), _REPEATS.value)
+    tf_s = measure.median_seconds(lambda: labels_tf(d, mcs, 1).numpy(), _REPEATS.value)
+    pkg_s = measure.median_seconds(lambda: clustering.hdbscan_labels_numpy(d, mcs, 1), _REPEATS.value)
     same = np.array_equal(labels_tf(d, mcs, 1).numpy() >= 0,
                           clustering.hdbscan_labels_numpy(d, mcs, 1) >= 0)
     results['clustering'].append(dict(n=n, tf_s=tf_s, package_s=pkg_s, ratio=tf_s / pkg_s,

@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from benchmarks import flame_overhead
+from benchmarks import measure
 from tasks import registry
 from tff_flame import experiment
 from tff_flame import runtime
@@ -34,8 +34,8 @@ def time_round(task, config, repeats):
                                              config.seed).tolist()
     clients = list(range(config.clients_per_round))
     datasets = experiment.round_datasets(task, clients, malicious, 1, config)
-    seconds = flame_overhead.median_seconds(lambda: process.next(state, datasets), repeats)
-    return seconds, flame_overhead.worker_peak_mb()
+    seconds = measure.median_seconds(lambda: process.next(state, datasets), repeats)
+    return seconds, measure.worker_peak_mb()
 
 
 def main(argv):

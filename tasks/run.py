@@ -20,7 +20,8 @@ from tff_flame import runtime
 FLAGS = flags.FLAGS
 _TASK = flags.DEFINE_enum('task', 'digits', list(registry.TASKS),
                           'digits (offline 8x8 images), emnist, shakespeare or nbaiot.')
-_DEFENSE = flags.DEFINE_enum('defense', 'flame', list(experiment.DEFENSES), 'Aggregation defense.')
+_DEFENSE = flags.DEFINE_enum('defense', 'flame', list(experiment.DEFENSES),
+                             'Aggregation defense: ' + ', '.join(experiment.DEFENSES) + '.')
 _ATTACK = flags.DEFINE_enum('attack', 'constrain_and_scale', list(experiment.ATTACKS),
                             'What malicious clients do: none, data_poisoning, constrain_and_scale, pgd, dba.')
 _ROUNDS = flags.DEFINE_integer('rounds', 15, 'Training rounds.', lower_bound=1)
@@ -56,6 +57,14 @@ _NOISE = flags.DEFINE_float('noise_lambda', 0.001, 'FLAME noise: sigma = lambda 
                             lower_bound=0.0)
 _SPACE = flags.DEFINE_enum('clustering_space', 'update', ['update', 'model'],
                            'FLAME clusters client updates or local models.')
+_KRUM_F = flags.DEFINE_integer('num_byzantine', None, 'krum, multi_krum: f, the assumed '
+                               'attackers per round (default: expected attackers).', lower_bound=0)
+_TRIM = flags.DEFINE_float('trim_fraction', 0.2, 'trimmed_mean: beta, share cut at each end.',
+                           lower_bound=0.0, upper_bound=0.4999)
+_NORM_BOUND = flags.DEFINE_float('norm_bound', 1.0, 'norm_bounding, weak_dp: L2 clip.',
+                                 lower_bound=1e-9)
+_DP_NOISE = flags.DEFINE_float('dp_noise_multiplier', 0.01,
+                               'weak_dp: noise stddev / norm_bound.', lower_bound=0.0)
 _ALPHA = flags.DEFINE_float('dirichlet_alpha', 0.5, 'Non-IID knob (smaller: more skewed).',
                             lower_bound=1e-3)
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for data split, sampling, attackers, noise.')
@@ -91,7 +100,9 @@ def main(argv):
       pgd_radius=_PGD_RADIUS.value,
       client_epochs=_EPOCHS.value, batch_size=_BATCH.value,
       client_learning_rate=_CLIENT_LR.value, server_learning_rate=_SERVER_LR.value,
-      noise_lambda=_NOISE.value, clustering_space=_SPACE.value, seed=_SEED.value)
+      noise_lambda=_NOISE.value, clustering_space=_SPACE.value, num_byzantine=_KRUM_F.value,
+      trim_fraction=_TRIM.value, norm_bound=_NORM_BOUND.value,
+      dp_noise_multiplier=_DP_NOISE.value, seed=_SEED.value)
   try:
     task = load_task()
     config.validate(len(task.client_data))

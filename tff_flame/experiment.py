@@ -19,11 +19,11 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_flame import attacks
-from tff_flame import flame_factory
+from tff_flame import defense_registry
 from tff_flame import gathered_factory
 from tff_flame import learning
 
-DEFENSES = ('none', 'flame')
+DEFENSES = defense_registry.DEFENSES
 ATTACKS = attacks.ATTACKS
 
 
@@ -47,6 +47,10 @@ class ExperimentConfig:
   server_learning_rate: float = 1.0
   noise_lambda: float = 0.001
   clustering_space: str = 'update'
+  num_byzantine: Optional[int] = None
+  trim_fraction: float = 0.2
+  norm_bound: float = 1.0
+  dp_noise_multiplier: float = 0.01
   seed: int = 0
 
   def validate(self, num_clients: int) -> None:
@@ -64,6 +68,7 @@ class ExperimentConfig:
     if self.attack_rounds is not None and self.attack_rounds < 0:
       raise ValueError(f'attack_rounds must be >= 0, got {self.attack_rounds}.')
     self.attack_config()  # validates alpha, scale_factor, pgd_radius
+    defense_factory(self)  # validates the defense's parameters
 
   def attack_config(self) -> attacks.AttackConfig:
     """The attack; gamma defaults to model replacement shared by the expected attackers."""
@@ -90,10 +95,15 @@ def malicious_clients(num_clients: int, fraction: float, seed: int) -> np.ndarra
 
 
 def defense_factory(config: ExperimentConfig) -> tff.aggregators.UnweightedAggregationFactory:
-  if config.defense == 'flame':
-    return flame_factory.FlameFactory(noise_lambda=config.noise_lambda, seed=config.seed,
-                                      clustering_space=config.clustering_space)
-  return tff.aggregators.UnweightedMeanFactory()
+  """The configured defense; Krum's f defaults to the expected attackers per round."""
+  num_byzantine = config.num_byzantine
+  if num_byzantine is None:
+    num_byzantine = int(round(config.malicious_fraction * config.clients_per_round))
+  return defense_registry.build_aggregator(
+      config.defense, noise_lambda=config.noise_lambda, clustering_space=config.clustering_space,
+      seed=config.seed, num_byzantine=num_byzantine, trim_fraction=config.trim_fraction,
+      norm_bound=config.norm_bound, dp_noise_multiplier=config.dp_noise_multiplier,
+      clients_per_round=config.clients_per_round)
 
 
 def element_spec(task, config: ExperimentConfig):
