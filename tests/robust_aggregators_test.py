@@ -129,3 +129,18 @@ def test_registry_rejects_bad_names_and_parameters():
     defense_registry.build_aggregator('krum', num_byzantine=-1)
   with pytest.raises(ValueError, match='norm_bound'):
     defense_registry.build_aggregator('norm_bounding', norm_bound=0.0)
+
+
+@pytest.mark.parametrize('name', ['norm_bounding', 'weak_dp'])
+def test_tff_based_defenses_leave_nan_clients_out(name):
+  rows = np.array([[3.0, 4.0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0.5],
+                   [np.nan, 0, 0, 0, 0, 0, 0]], np.float32)
+  factory = defense_registry.build_aggregator(name, norm_bound=1.0, dp_noise_multiplier=0.0,
+                                              clients_per_round=2)
+  process = factory.create(VALUE_TYPE)
+  out = process.next(process.initialize(), _values(rows))
+  # Clipped finite updates, summed; norm bounding averages the 2 finite ones and
+  # weak DP divides by its fixed clients_per_round (2): both give the same here.
+  np.testing.assert_allclose(_flat(out.result), ([0.6, 0.8, 0, 0, 0, 0, 0] + rows[1]) / 2,
+                             rtol=1e-5)
+  assert out.measurements['num_non_finite'] == 1

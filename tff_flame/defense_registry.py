@@ -1,7 +1,9 @@
 """Every defense by name, as an unweighted TFF aggregation factory.
 
 Norm bounding and weak DP reuse TFF's own factories (`clipping_factory`,
-`DifferentiallyPrivateFactory.gaussian_fixed`); the rest are this package's.
+`DifferentiallyPrivateFactory.gaussian_fixed`) behind `NonFiniteFilterFactory`,
+since TFF's clipping turns one NaN client into a NaN aggregate; the rest are
+this package's.
 """
 
 from typing import Optional
@@ -11,6 +13,7 @@ import tensorflow_federated as tff
 from tff_flame import coordinate_median_factory
 from tff_flame import flame_factory
 from tff_flame import krum_factory
+from tff_flame import non_finite_filter
 from tff_flame import trimmed_mean_factory
 
 DEFENSES = ('none', 'flame', 'krum', 'multi_krum', 'median', 'trimmed_mean', 'norm_bounding',
@@ -45,13 +48,17 @@ def build_aggregator(name: str,
   if not norm_bound > 0:
     raise ValueError(f'norm_bound must be > 0, got {norm_bound!r}.')
   if name == 'norm_bounding':
-    return tff.aggregators.clipping_factory(norm_bound, tff.aggregators.UnweightedMeanFactory())
+    # Weighted mean with weight 0 for non-finite clients (see NonFiniteFilterFactory).
+    clipped_mean = tff.aggregators.clipping_factory(norm_bound, tff.aggregators.MeanFactory())
+    return non_finite_filter.NonFiniteFilterFactory(clipped_mean, inner_name='norm_bounding')
   if name == 'weak_dp':
     if not dp_noise_multiplier >= 0:
       raise ValueError(f'dp_noise_multiplier must be >= 0, got {dp_noise_multiplier!r}.')
     if not clients_per_round or clients_per_round < 1:
       raise ValueError(f'weak_dp needs clients_per_round >= 1, got {clients_per_round!r}.')
-    return tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+    # TF-Privacy draws this noise unseeded: weak_dp runs are not bit-reproducible.
+    dp_mean = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
         noise_multiplier=dp_noise_multiplier, clients_per_round=clients_per_round,
         clip=norm_bound)
+    return non_finite_filter.NonFiniteFilterFactory(dp_mean, inner_name='weak_dp')
   raise ValueError(f'defense must be one of {DEFENSES}, got {name!r}.')
