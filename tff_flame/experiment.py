@@ -121,17 +121,13 @@ def build_process(task, config: ExperimentConfig) -> tff.learning.templates.Lear
   def initial_model_weights_fn():
     return tff.learning.models.ModelWeights.from_model(task.model_fn())
 
-  weights_type = initial_model_weights_fn.type_signature.result
   model_space = config.defense == 'flame' and config.clustering_space == 'model'
   aggregator = gathered_factory.create_labelled(
-      defense_factory(config), weights_type.trainable, with_reference=model_space)
-  return learning.compose_learning_process_with_reference(
-      initial_model_weights_fn,
-      tff.learning.templates.build_broadcast_process(weights_type),
-      client_work, aggregator,
-      tff.learning.templates.build_apply_optimizer_finalizer(
-          tff.learning.optimizers.build_sgdm(config.server_learning_rate), weights_type),
-      pass_reference=model_space)
+      defense_factory(config), initial_model_weights_fn.type_signature.result.trainable,
+      with_reference=model_space)
+  return learning.compose_fed_avg(
+      initial_model_weights_fn, client_work, aggregator,
+      tff.learning.optimizers.build_sgdm(config.server_learning_rate), pass_reference=model_space)
 
 
 def round_datasets(task, client_ids, malicious_ids, round_num: int,

@@ -70,6 +70,20 @@ def compose_learning_process_with_reference(
       init_fn, next_fn, get_model_weights_fn, set_model_weights_fn)
 
 
+def compose_fed_avg(initial_model_weights_fn: tff.Computation,
+                    client_work: tff.learning.templates.ClientWorkProcess,
+                    aggregator: tff.templates.MeasuredProcess,
+                    server_optimizer: tff.learning.optimizers.Optimizer,
+                    pass_reference: bool) -> tff.learning.templates.LearningProcess:
+  """FedAvg's broadcast and optimizer finalizer around a client work and an aggregator."""
+  weights_type = initial_model_weights_fn.type_signature.result
+  return compose_learning_process_with_reference(
+      initial_model_weights_fn, tff.learning.templates.build_broadcast_process(weights_type),
+      client_work, aggregator,
+      tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
+      pass_reference=pass_reference)
+
+
 def build_flame_fed_avg(
     model_fn: Callable[[], tff.learning.models.VariableModel],
     client_optimizer_fn: tff.learning.optimizers.Optimizer,
@@ -84,29 +98,23 @@ def build_flame_fed_avg(
     client_optimizer_fn: client optimizer (e.g. `tff.learning.optimizers.build_sgdm`).
     server_optimizer_fn: server optimizer; default SGD with learning rate 1.0.
     flame: the FLAME factory; default `FlameFactory(clustering_space='model')`.
-    client_work: a custom client work process (e.g. one with attacks); default
-      TFF's model-delta client work with uniform weighting.
+    client_work: a custom client work process whose updates are model deltas;
+      default TFF's model-delta client work with uniform weighting.
   """
   flame = flame or flame_factory.FlameFactory(clustering_space='model')
-  server_optimizer_fn = server_optimizer_fn or tff.learning.optimizers.build_sgdm(1.0)
 
   @tff.tensorflow.computation()
   def initial_model_weights_fn():
     return tff.learning.models.ModelWeights.from_model(model_fn())
 
-  weights_type = initial_model_weights_fn.type_signature.result
+  trainable_type = initial_model_weights_fn.type_signature.result.trainable
   if client_work is None:
     client_work = tff.learning.templates.build_model_delta_client_work(
         model_fn, client_optimizer_fn,
         client_weighting=tff.learning.ClientWeighting.UNIFORM)
-  distributor = tff.learning.templates.build_broadcast_process(weights_type)
-  finalizer = tff.learning.templates.build_apply_optimizer_finalizer(
-      server_optimizer_fn, weights_type)
-  if flame.clustering_space == 'model':
-    aggregator = flame.create_with_reference(weights_type.trainable)
-    return compose_learning_process_with_reference(
-        initial_model_weights_fn, distributor, client_work, aggregator, finalizer)
-  weight_type = client_work.next.type_signature.result.result.member.update_weight
-  aggregator = flame.as_weighted().create(weights_type.trainable, weight_type)
-  return tff.learning.templates.compose_learning_process(
-      initial_model_weights_fn, distributor, client_work, aggregator, finalizer)
+  model_space = flame.clustering_space == 'model'
+  aggregator = (flame.create_with_reference(trainable_type) if model_space
+                else flame.create(trainable_type))
+  return compose_fed_avg(initial_model_weights_fn, client_work, aggregator,
+                         server_optimizer_fn or tff.learning.optimizers.build_sgdm(1.0),
+                         pass_reference=model_space)
