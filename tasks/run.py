@@ -47,7 +47,7 @@ _SCALE = flags.DEFINE_float('scale_factor', None, 'constrain_and_scale: gamma (d
                             lower_bound=1e-9)
 _PGD_RADIUS = flags.DEFINE_float('pgd_radius', 1.0, 'pgd: L2 radius around the global model.',
                                  lower_bound=1e-9)
-_EPOCHS = flags.DEFINE_integer('client_epochs', 2, 'Local epochs per round.', lower_bound=1)
+_EPOCHS = flags.DEFINE_integer('client_epochs', 3, 'Local epochs per round.', lower_bound=1)
 _BATCH = flags.DEFINE_integer('batch_size', 20, 'Client batch size.', lower_bound=1)
 _CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.1, 'Client SGD learning rate.',
                                 lower_bound=0.0)

@@ -96,3 +96,12 @@ def test_bad_config_names_the_field(task):
     config(malicious_fraction=1.5).validate(6)
   with pytest.raises(ValueError, match='defense'):
     config(defense='krum9').validate(6)
+
+
+def test_the_initial_model_is_fixed_by_the_seed(task):
+  weights = []
+  for seed in (3, 3, 4):
+    process = experiment.build_process(task, config(seed=seed))
+    weights.append(process.get_model_weights(process.initialize()).trainable)
+  np.testing.assert_array_equal(weights[0][0], weights[1][0])
+  assert not np.array_equal(weights[0][0], weights[2][0])

@@ -41,7 +41,7 @@ class ExperimentConfig:
   alpha: float = 0.9
   scale_factor: Optional[float] = None
   pgd_radius: float = 1.0
-  client_epochs: int = 2
+  client_epochs: int = 3
   batch_size: int = 20
   client_learning_rate: float = 0.1
   server_learning_rate: float = 1.0
@@ -112,7 +112,12 @@ def element_spec(task, config: ExperimentConfig):
 
 
 def build_process(task, config: ExperimentConfig) -> tff.learning.templates.LearningProcess:
-  """Unweighted FedAvg whose clients may attack and whose server runs the defense."""
+  """Unweighted FedAvg whose clients may attack and whose server runs the defense.
+
+  Seeds TF before tracing, so the initial model (built inside the TFF
+  computation, run in TFF's worker) is the same in every run with a seed.
+  """
+  tf.keras.utils.set_random_seed(config.seed)
   client_work = attacks.build_client_work(
       task.model_fn, element_spec(task, config), config.client_learning_rate,
       config.attack_config())
