@@ -60,6 +60,20 @@ def all_tff_worker_pids() -> list:
   return pids
 
 
+def _parent_of(pid: int) -> int:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      stat = f.read()
+  except OSError:
+    return -1
+  return int(stat[stat.rfind(')') + 2:].split()[1])
+
+
+def orphaned_tff_worker_pids() -> list:
+  """Live TFF workers whose starter is gone (re-parented to init): the ones that leak."""
+  return [pid for pid in all_tff_worker_pids() if _parent_of(pid) in (0, 1)]
+
+
 def shutdown_tff_workers(timeout_s: float = 10.0) -> int:
   """Ends every TFF worker this process started; returns how many were running."""
   pids = tff_worker_pids()
@@ -72,9 +86,15 @@ def shutdown_tff_workers(timeout_s: float = 10.0) -> int:
       time.sleep(0.05)
     if not tff_worker_pids():
       break
+  deadline = time.monotonic() + 5.0
   for pid in pids:  # Reap, so no zombie is left behind.
-    with contextlib.suppress(ChildProcessError, OSError):
-      os.waitpid(pid, os.WNOHANG)
+    while time.monotonic() < deadline:
+      try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+          break
+      except ChildProcessError:  # Already reaped (e.g. by TFF's own Popen).
+        break
+      time.sleep(0.02)
   return len(pids)
 
 
