@@ -49,6 +49,8 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed for every cell.')
 _PROCESSES = flags.DEFINE_integer('processes', 2, 'Cells run at once.', lower_bound=1)
 _OUTPUT = flags.DEFINE_string('output_dir', 'results/grid', 'Where cells and the report go.')
 _EXTRA = flags.DEFINE_list('extra_flags', [], 'More tasks.run flags for every cell.')
+_PLOT_ATTACK = flags.DEFINE_string('plot_attack', None, 'Attack whose BA per round is plotted '
+                                   '(default: the first attack other than none).')
 
 
 def cell_dir(output_dir, task, attack, defense) -> pathlib.Path:
@@ -169,7 +171,8 @@ def main(argv):
   report = markdown(rows, _DEFENSES.value)
   with open(os.path.join(_OUTPUT.value, 'report.md'), 'w') as f:
     f.write(report)
-  attack = next((a for a in _ATTACKS.value if a != 'none'), _ATTACKS.value[0])
+  attack = _PLOT_ATTACK.value or next((a for a in _ATTACKS.value if a != 'none'),
+                                      _ATTACKS.value[0])
   for task in _TASKS.value:
     plot_backdoor(_OUTPUT.value, task, attack, _DEFENSES.value,
                   os.path.join(_OUTPUT.value, f'backdoor_{task}_{attack}.png'))
