@@ -121,13 +121,17 @@ def end_tff() -> None:
 
 @contextlib.contextmanager
 def tff_runtime() -> Iterator[None]:
-  """Runs the body in a fresh local C++ execution context and ends its worker after."""
+  """Runs the body in a fresh local C++ execution context and ends its worker after.
+
+  TFF's own manager of that worker would later try to kill the ended process
+  again and print a ProcessLookupError; `end_tff` quiets it.
+  """
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
   tff.backends.native.set_sync_local_cpp_execution_context()
   try:
     yield
   finally:
-    shutdown_tff_workers()
+    end_tff()
 
 
 atexit.register(end_tff)
