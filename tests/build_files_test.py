@@ -110,10 +110,35 @@ def test_project_imports_are_declared_deps(targets):
         if isinstance(node, ast.Import):
           names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-          names = [f'{node.module}.{a.name}' for a in node.names] + [node.module]
+          # `from pkg import module` needs that module's target; `from pkg import
+          # name` needs the package's (its __init__).
+          names = [f'{node.module}.{a.name}' for a in node.names]
+          if not all(n in owner_of_module for n in names):
+            names.append(node.module)
         for name in names:
           if name.split('.')[0] not in PACKAGES:
             continue
           owner = owner_of_module.get(name)
           if owner and owner != label:
             assert owner in declared, f'{path} imports {name} but {label} does not depend on {owner}'
+
+
+def test_deps_have_no_cycles(targets):
+  """Bazel rejects cyclic deps; walk the project's own dependency graph."""
+  def local(label):
+    t = targets[label]
+    return [f"//{t['package']}{d}" if d.startswith(':') else d for d in t['deps']
+            if not d.startswith('@pypi//')]
+  state = {}
+
+  def visit(label, path):
+    if state.get(label) == 'done':
+      return
+    assert state.get(label) != 'active', f"dependency cycle: {' -> '.join(path + [label])}"
+    state[label] = 'active'
+    for dep in local(label):
+      visit(dep, path + [label])
+    state[label] = 'done'
+
+  for label in targets:
+    visit(label, [])
