@@ -13,7 +13,6 @@ import json
 
 from absl import app
 from absl import flags
-import numpy as np
 
 from benchmarks import measure
 from tasks import registry

@@ -1,7 +1,5 @@
 """Attacks in the client work, and exact TPR/TNR from flags carried with updates."""
 
-import collections
-
 import numpy as np
 import pytest
 import tensorflow as tf

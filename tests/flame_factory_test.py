@@ -1,7 +1,5 @@
 """FlameFactory through TFF: plain process, FedAvg (unweighted, weighted, model space)."""
 
-import collections
-
 import numpy as np
 import pytest
 import tensorflow as tf

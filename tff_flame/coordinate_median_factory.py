@@ -1,5 +1,6 @@
 """Coordinate-wise median (Yin et al. 2018) as a TFF aggregation factory."""
 
+from tff_flame import flame_ops
 from tff_flame import gathered_factory
 from tff_flame import robust_ops
 
@@ -11,5 +12,5 @@ class CoordinateMedianFactory(gathered_factory.GatheredAggregationFactory):
     return ()
 
   def server_step(self, state, updates, reference=None):
-    aggregate, measurements = robust_ops.coordinate_round(updates, robust_ops.coordinate_median)
+    aggregate, measurements = robust_ops.coordinate_round(updates, flame_ops.median)
     return state, aggregate, measurements

@@ -53,8 +53,9 @@ def cosine_distances(x: tf.Tensor) -> tf.Tensor:
 
 
 def median(values: tf.Tensor) -> tf.Tensor:
-  """Median of a 1-D tensor, averaging the two middle values when n is even (as NumPy)."""
-  sorted_values = tf.sort(values)
+  """Median along axis 0 (per coordinate for [n, d]), averaging the two middle values
+  when n is even, as NumPy."""
+  sorted_values = tf.sort(values, axis=0)
   n = tf.shape(values)[0]
   lower = tf.gather(sorted_values, (n - 1) // 2)
   upper = tf.gather(sorted_values, n // 2)

@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 
-def flatten_leaves(leaves) -> tf.Tensor:
+def flattenleaves_of(leaves) -> tf.Tensor:
   """[n, d] float32 matrix from a list of stacked [n, ...] tensors."""
   n = tf.shape(leaves[0])[0]
   return tf.concat([tf.reshape(tf.cast(x, tf.float32), [n, -1]) for x in leaves], axis=1)
@@ -52,7 +52,8 @@ def check_value_type(value_type) -> list:
   return specs
 
 
-def _leaves(value) -> list:
+def leaves_of(value) -> list:
+  """The tensors of a TFF Struct or a Python structure, in order."""
   if isinstance(value, tff.structure.Struct):
     return tff.structure.flatten(value)
   return tf.nest.flatten(value)
@@ -128,7 +129,7 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
       flags = None
       if labelled:
         stacked, flags = stacked[0], stacked[1]
-      updates = flatten_leaves(_leaves(stacked))
+      updates = flattenleaves_of(leaves_of(stacked))
       all_gathered = tf.debugging.assert_equal(
           tf.shape(updates)[0], num_clients,
           message=f'more clients took part than max_clients={max_clients}: '
@@ -136,7 +137,7 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
       with tf.control_dependencies([all_gathered]):
         updates = tf.identity(updates)
       if reference is not None:
-        reference = flatten_leaves([tf.expand_dims(x, 0) for x in _leaves(reference)])[0]
+        reference = flattenleaves_of([tf.expand_dims(x, 0) for x in leaves_of(reference)])[0]
       new_state, aggregate, measurements = self.server_step(state, updates, reference)
       if labelled:
         measurements = collections.OrderedDict(

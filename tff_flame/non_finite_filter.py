@@ -27,8 +27,7 @@ from tff_flame import gathered_factory
 
 
 def _all_finite(value) -> tf.Tensor:
-  leaves = tff.structure.flatten(value) if isinstance(value, tff.structure.Struct) else (
-      tf.nest.flatten(value))
+  leaves = gathered_factory.leaves_of(value)
   return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in leaves]))
 
 

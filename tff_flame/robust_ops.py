@@ -64,13 +64,6 @@ def krum_round(updates: tf.Tensor, num_byzantine: int, num_selected=None):
   return aggregate, measurements
 
 
-def coordinate_median(x: tf.Tensor) -> tf.Tensor:
-  """Per-coordinate median (mean of the two middle values for even n, as NumPy)."""
-  s = tf.sort(x, axis=0)
-  n = tf.shape(x)[0]
-  return (tf.gather(s, (n - 1) // 2) + tf.gather(s, n // 2)) / 2.0
-
-
 def trimmed_mean(x: tf.Tensor, trim_fraction: float) -> tf.Tensor:
   """Per-coordinate mean after dropping floor(beta * n) largest and smallest values."""
   n = tf.shape(x)[0]

@@ -19,21 +19,19 @@ from typing import Iterator
 _WORKER_NAME = 'worker_binary'
 
 
+def _parent_of(pid: int) -> int:
+  """The parent pid from /proc (-1 if the process is gone)."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      stat = f.read()
+  except OSError:
+    return -1
+  # The command name is in parentheses and may hold spaces; ppid follows it.
+  return int(stat[stat.rfind(')') + 2:].split()[1])
+
+
 def _children_of(pid: int) -> list:
-  children = []
-  for entry in os.listdir('/proc'):
-    if not entry.isdigit():
-      continue
-    try:
-      with open(f'/proc/{entry}/stat') as f:
-        stat = f.read()
-    except OSError:
-      continue
-    # The command name is in parentheses and may hold spaces; ppid follows it.
-    fields = stat[stat.rfind(')') + 2:].split()
-    if len(fields) > 1 and int(fields[1]) == pid:
-      children.append(int(entry))
-  return children
+  return [int(e) for e in os.listdir('/proc') if e.isdigit() and _parent_of(int(e)) == pid]
 
 
 def _cmdline(pid: int) -> str:
@@ -54,19 +52,11 @@ def all_tff_worker_pids() -> list:
   """Every live TFF worker process on the machine, whoever started it."""
   pids = []
   for entry in os.listdir('/proc'):
-    if entry.isdigit() and _WORKER_NAME in _cmdline(int(entry)) and (
-        'tensorflow_federated' in _cmdline(int(entry))):
-      pids.append(int(entry))
+    if entry.isdigit():
+      cmdline = _cmdline(int(entry))
+      if _WORKER_NAME in cmdline and 'tensorflow_federated' in cmdline:
+        pids.append(int(entry))
   return pids
-
-
-def _parent_of(pid: int) -> int:
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      stat = f.read()
-  except OSError:
-    return -1
-  return int(stat[stat.rfind(')') + 2:].split()[1])
 
 
 def orphaned_tff_worker_pids() -> list:
