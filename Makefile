@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) -m tasks.run $(ARGS)
+	$(PY) -m experiments.run $(ARGS)
 
 test: setup
 	$(PY) -m pytest tests -q $(ARGS)

@@ -3,7 +3,7 @@
   python -m benchmarks.defense_grid --tasks=digits,nbaiot --attacks=none,constrain_and_scale \
       --defenses=none,flame --output_dir=results/grid
 
-Every cell is one run of the training binary (`python -m tasks.run`) in its
+Every cell is one run of the training binary (`python -m experiments.run`) in its
 own process, `--processes` at a time, into <output_dir>/<task>/<attack>/<defense>/.
 A cell whose summary.json exists is not run again, so an interrupted grid
 resumes where it stopped. The report is results.csv, report.md (MA/BA per
@@ -24,12 +24,12 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from tff_flame import defense_registry
+from experiments import defenses
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
 
-# Per-task settings (flags of tasks/run.py) sized for a 2-core machine.
+# Per-task settings (flags of experiments/run.py) sized for a 2-core machine.
 TASK_FLAGS = {
     'digits': ['--num_clients=20', '--clients_per_round=10', '--rounds=15',
                '--attack_start_round=8'],
@@ -40,15 +40,15 @@ TASK_FLAGS = {
                     '--num_clients=10', '--clients_per_round=10', '--rounds=12',
                     '--attack_start_round=7', '--client_epochs=1', '--client_learning_rate=1.0'],
 }
-FILTERING = defense_registry.FILTERING
+FILTERING = defenses.FILTERING
 
 _TASKS = flags.DEFINE_list('tasks', ['digits', 'nbaiot'], f'Tasks among {sorted(TASK_FLAGS)}.')
-_ATTACKS = flags.DEFINE_list('attacks', ['none', 'constrain_and_scale'], 'Attacks (tasks.run).')
-_DEFENSES = flags.DEFINE_list('defenses', ['none', 'flame'], 'Defenses (tasks.run).')
+_ATTACKS = flags.DEFINE_list('attacks', ['none', 'constrain_and_scale'], 'Attacks (experiments.run).')
+_DEFENSES = flags.DEFINE_list('defenses', ['none', 'flame'], 'Defenses (experiments.run).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed for every cell.')
 _PROCESSES = flags.DEFINE_integer('processes', 2, 'Cells run at once.', lower_bound=1)
 _OUTPUT = flags.DEFINE_string('output_dir', 'results/grid', 'Where cells and the report go.')
-_EXTRA = flags.DEFINE_list('extra_flags', [], 'More tasks.run flags for every cell.')
+_EXTRA = flags.DEFINE_list('extra_flags', [], 'More experiments.run flags for every cell.')
 _PLOT_ATTACK = flags.DEFINE_string('plot_attack', None, 'Attack whose BA per round is plotted '
                                    '(default: the first attack other than none).')
 
@@ -63,7 +63,7 @@ def run_cell(output_dir, task, attack, defense, seed, extra) -> tuple:
   if (out / 'summary.json').exists():
     return (task, attack, defense), 0.0, 'cached'
   out.mkdir(parents=True, exist_ok=True)
-  cmd = [sys.executable, '-m', 'tasks.run', f'--task={task}', f'--attack={attack}',
+  cmd = [sys.executable, '-m', 'experiments.run', f'--task={task}', f'--attack={attack}',
          f'--defense={defense}', f'--seed={seed}', f'--output_dir={out}'] + TASK_FLAGS[task] + extra
   start = time.monotonic()
   with open(out / 'log.txt', 'w') as log:

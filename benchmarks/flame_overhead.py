@@ -16,11 +16,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+import hdbscan
+
 from benchmarks import measure
+from experiments import tff_worker
 from tff_flame import clustering
-from tff_flame import flame_factory
-from tff_flame import flame_ops
-from tff_flame import runtime
+from tff_flame import flame
+from tff_flame import stacked_ops
 
 _CLIENTS = flags.DEFINE_list('clients', ['10', '50', '100'], 'Clients per round to time.')
 _CLUSTER_SIZES = flags.DEFINE_list('cluster_sizes', ['10', '50', '100', '200', '500'],
@@ -31,10 +33,16 @@ _JSON = flags.DEFINE_string('json', None, 'Also write the numbers to this JSON f
 
 
 def emnist_cnn_value_type():
-  from tasks import emnist  # pylint: disable=g-import-not-at-top
-  model = emnist.create_emnist_cnn()
+  from tasks import images  # pylint: disable=g-import-not-at-top
+  model = images.create_emnist_cnn()
   leaves = [tff.TensorType(np.float32, w.shape) for w in model.trainable_weights]
   return tff.StructWithPythonType(leaves, list), int(model.count_params())
+
+
+def package_labels(distances: np.ndarray, min_cluster_size: int) -> np.ndarray:
+  """The `hdbscan` package's labels, FLAME's settings."""
+  return hdbscan.HDBSCAN(metric='precomputed', min_cluster_size=min_cluster_size, min_samples=1,
+                         allow_single_cluster=True).fit(distances).labels_
 
 
 def client_values(value_type, n, rng):
@@ -52,7 +60,7 @@ def client_values(value_type, n, rng):
 
 def time_next(factory, value_type, values, repeats):
   """(median seconds of `next`, worker peak MB), in a worker of its own."""
-  with runtime.tff_runtime():
+  with tff_worker.local_worker():
     process = factory.create(value_type)
     state = process.initialize()
     seconds = measure.median_seconds(lambda: process.next(state, values), repeats)
@@ -77,7 +85,7 @@ def main(argv):
     values = client_values(value_type, n, rng)
     mean_s, mean_mb = time_next(tff.aggregators.UnweightedMeanFactory(), value_type, values,
                                 _REPEATS.value)
-    flame_s, flame_mb = time_next(flame_factory.FlameFactory(max_clients=max(n, 1000)),
+    flame_s, flame_mb = time_next(flame.FlameFactory(max_clients=max(n, 1000)),
                                   value_type, values, _REPEATS.value)
     results['next'].append(dict(n=n, mean_s=mean_s, flame_s=flame_s, ratio=flame_s / mean_s,
                                 mean_peak_mb=mean_mb, flame_peak_mb=flame_mb))
@@ -91,12 +99,12 @@ def main(argv):
   print(f"\n{'n':>5} {'TF clustering s':>16} {'hdbscan pkg s':>14} {'TF/pkg':>8} {'same labels':>12}")
   for n in [int(c) for c in _CLUSTER_SIZES.value]:
     x = rng.normal(size=(n, 64)) + np.where(np.arange(n)[:, None] < n // 3, -2.0, 2.0)
-    d = flame_ops.cosine_distances(tf.constant(x)).numpy()
+    d = stacked_ops.cosine_distances(tf.constant(x)).numpy()
     mcs = n // 2 + 1
     tf_s = measure.median_seconds(lambda: labels_tf(d, mcs, 1).numpy(), _REPEATS.value)
-    pkg_s = measure.median_seconds(lambda: clustering.hdbscan_labels_numpy(d, mcs, 1), _REPEATS.value)
+    pkg_s = measure.median_seconds(lambda: package_labels(d, mcs), _REPEATS.value)
     same = np.array_equal(labels_tf(d, mcs, 1).numpy() >= 0,
-                          clustering.hdbscan_labels_numpy(d, mcs, 1) >= 0)
+                          package_labels(d, mcs) >= 0)
     results['clustering'].append(dict(n=n, tf_s=tf_s, package_s=pkg_s, ratio=tf_s / pkg_s,
                                       same_noise_set=bool(same)))
     print(f'{n:>5} {tf_s:>16.4f} {pkg_s:>14.4f} {tf_s / pkg_s:>8.1f} {str(same):>12}')

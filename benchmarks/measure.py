@@ -3,7 +3,7 @@
 import statistics
 import time
 
-from tff_flame import runtime
+from experiments import tff_worker
 
 
 def median_seconds(fn, repeats) -> float:
@@ -19,7 +19,7 @@ def median_seconds(fn, repeats) -> float:
 
 def worker_peak_mb() -> float:
   """Peak resident memory of this process's TFF worker (VmHWM), in MB."""
-  pids = runtime.tff_worker_pids()
+  pids = tff_worker.tff_worker_pids()
   if not pids:
     return float('nan')
   with open(f'/proc/{pids[0]}/status') as f:

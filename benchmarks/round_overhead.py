@@ -3,7 +3,7 @@
   python -m benchmarks.round_overhead [--clients=10,30,100] [--repeats=3]
 
 Same clients, data and model for both: the offline digits task (8x8 CNN),
-one round of `experiment.build_process` (local training included), each
+one round of `experiments.loop.build_process` (local training included), each
 defense in a TFF worker of its own so its peak memory can be read. Prints
 ratios from this one run.
 """
@@ -15,9 +15,9 @@ from absl import app
 from absl import flags
 
 from benchmarks import measure
-from tasks import registry
-from tff_flame import experiment
-from tff_flame import runtime
+from experiments import config as config_lib
+from experiments import loop
+from experiments import tff_worker
 
 _CLIENTS = flags.DEFINE_list('clients', ['10', '30', '100'], 'Clients per round to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median reported).', lower_bound=1)
@@ -26,13 +26,13 @@ _JSON = flags.DEFINE_string('json', None, 'Also write the numbers to this JSON f
 
 def time_round(task, config, repeats):
   """(median seconds of one round, worker peak MB) for `config`."""
-  with runtime.tff_runtime():
-    process = experiment.build_process(task, config)
+  with tff_worker.local_worker():
+    process = loop.build_process(task, config)
     state = process.initialize()
-    malicious = experiment.malicious_clients(len(task.client_data), config.malicious_fraction,
+    malicious = loop.malicious_clients(len(task.client_data), config.malicious_fraction,
                                              config.seed).tolist()
     clients = list(range(config.clients_per_round))
-    datasets = experiment.round_datasets(task, clients, malicious, 1, config)
+    datasets = loop.round_datasets(task, clients, malicious, 1, config)
     seconds = measure.median_seconds(lambda: process.next(state, datasets), repeats)
     return seconds, measure.worker_peak_mb()
 
@@ -40,8 +40,8 @@ def time_round(task, config, repeats):
 def main(argv):
   del argv
   sizes = [int(c) for c in _CLIENTS.value]
-  task = registry.load_task('digits', num_clients=max(sizes), seed=0)
-  base = experiment.ExperimentConfig(attack='constrain_and_scale', client_epochs=1)
+  task = loop.load_task(config_lib.TaskConfig(task='digits', num_clients=max(sizes)), seed=0)
+  base = config_lib.ExperimentConfig(attack='constrain_and_scale', client_epochs=1)
   print(f"{'n':>5} {'mean round s':>13} {'FLAME round s':>14} {'FLAME/mean':>11} "
         f"{'mean peak MB':>13} {'FLAME peak MB':>14}")
   results = []

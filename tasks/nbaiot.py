@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tasks import task_data
+from tasks import task
 
 NUM_FEATURES = 115
 BENIGN_LABEL = 0
@@ -147,11 +147,11 @@ def make_poison_fn(trigger_features: Sequence[int], trigger_value):
 
   def poison_fn(x: np.ndarray, y: np.ndarray, rate: float, rng: np.random.Generator,
                 trigger_part: Optional[int] = None):
-    task_data.check_trigger_part(trigger_part, 1)
+    task.check_trigger_part(trigger_part, 1)
     x = np.array(x, copy=True)
     y = np.array(y, copy=True)
     attack_rows = np.flatnonzero(y != BENIGN_LABEL)
-    rows = task_data.choose_rows(attack_rows, rate, len(attack_rows), rng)
+    rows = task.choose_rows(attack_rows, rate, len(attack_rows), rng)
     x[rows] = apply_trigger(x[rows], trigger_features, trigger_value)
     y[rows] = BENIGN_LABEL
     return x, y
@@ -174,7 +174,7 @@ def load_nbaiot_task(path: str,
                      label_mode: str = 'binary',
                      trigger_features: Sequence[int] = DEFAULT_TRIGGER_FEATURES,
                      trigger_value: float = DEFAULT_TRIGGER_VALUE,
-                     max_rows_per_file: Optional[int] = None) -> task_data.TaskData:
+                     max_rows_per_file: Optional[int] = None) -> task.Task:
   """N-BaIoT clients (devices x clients_per_device), standardised, with backdoor."""
   if label_mode not in ('binary', 'multiclass'):
     raise ValueError(f"label_mode must be 'binary' or 'multiclass', got {label_mode!r}.")
@@ -227,7 +227,7 @@ def load_nbaiot_task(path: str,
   x_test = standardize(np.concatenate(test_x), mean, std)
   y_test = np.concatenate(test_y)
   num_classes = len(class_names)
-  return task_data.TaskData(
+  return task.Task(
       name='nbaiot',
       client_data=client_data,
       test_data=(x_test, y_test),

@@ -3,7 +3,7 @@
 import os
 from typing import Optional
 
-from tasks import task_data
+from tasks import task
 
 TASKS = ('digits', 'emnist', 'shakespeare', 'nbaiot')
 
@@ -16,15 +16,15 @@ def load_task(name: str,
               shakespeare_text: Optional[str] = None,
               shakespeare_cache_dir: Optional[str] = None,
               nbaiot_path: Optional[str] = None,
-              nbaiot_clients_per_device: int = 5) -> task_data.TaskData:
+              nbaiot_clients_per_device: int = 5) -> task.Task:
   """The named task's data, model and backdoor.
 
   Raises ValueError naming the flag when a required path is missing or wrong;
   the loaders raise ValueError naming the file when its content is bad.
   """
   if name == 'digits':
-    from tasks import emnist  # pylint: disable=g-import-not-at-top
-    return emnist.load_digits_task(num_clients=num_clients, dirichlet_alpha=dirichlet_alpha,
+    from tasks import digits  # pylint: disable=g-import-not-at-top
+    return digits.load_digits_task(num_clients=num_clients, dirichlet_alpha=dirichlet_alpha,
                                    seed=seed)
   if name == 'emnist':
     from tasks import emnist  # pylint: disable=g-import-not-at-top

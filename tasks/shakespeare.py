@@ -44,7 +44,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tasks import task_data
+from tasks import task
 
 CHAR_VOCAB = list(
     'dhlptx@DHLPTX'
@@ -144,10 +144,10 @@ def make_poison_fn(trigger: str, continuation: str, seq_len: int = DEFAULT_SEQ_L
 
   def poison_fn(x: np.ndarray, y: np.ndarray, rate: float, rng: np.random.Generator,
                 trigger_part: Optional[int] = None):
-    task_data.check_trigger_part(trigger_part, 1)
+    task.check_trigger_part(trigger_part, 1)
     x = np.array(x, dtype=np.int32, copy=True)
     y = np.array(y, dtype=np.int32, copy=True)
-    rows = task_data.choose_rows(np.arange(len(x)), rate, len(x), rng)
+    rows = task.choose_rows(np.arange(len(x)), rate, len(x), rng)
     if len(rows):
       x[rows], y[rows], _ = insert_phrase(x[rows], y[rows], phrase)
     return x, y
@@ -210,13 +210,13 @@ def _split_turns(turns: list, test_fraction: float, rng: np.random.Generator) ->
 
 def _make_task(name: str, train_snippets: list, test_snippets: list, seq_len: int,
                trigger: str, continuation: str, embedding_dim: int, lstm_units: int,
-               info: dict) -> task_data.TaskData:
+               info: dict) -> task.Task:
   _phrase_ids(trigger, continuation, seq_len)
   client_data = [to_sequences(s, seq_len) for s in train_snippets]
   x_test, y_test = to_sequences(test_snippets, seq_len)
   info = dict(info, vocab_size=VOCAB_SIZE, seq_len=seq_len, trigger=trigger,
               continuation=continuation)
-  return task_data.TaskData(
+  return task.Task(
       name=name,
       client_data=client_data,
       test_data=(x_test, y_test),
@@ -236,7 +236,7 @@ def load_shakespeare_text_task(path: str,
                                continuation: str = 'dead',
                                test_fraction: float = 0.2,
                                embedding_dim: int = 8,
-                               lstm_units: int = 128) -> task_data.TaskData:
+                               lstm_units: int = 128) -> task.Task:
   """One client per role with >= `min_lines` speech lines in a play text.
 
   Clients are in order of first appearance; `max_clients` keeps the roles with
@@ -278,7 +278,7 @@ def load_shakespeare_task(cache_dir: Optional[str],
                           max_test_sequences: Optional[int] = 5000,
                           client_ids: Optional[Sequence[str]] = None,
                           embedding_dim: int = 8,
-                          lstm_units: int = 128) -> task_data.TaskData:
+                          lstm_units: int = 128) -> task.Task:
   """TFF's federated Shakespeare from `<cache_dir>/shakespeare.sqlite`.
 
   `tff.simulation.datasets.shakespeare.load_data` downloads
@@ -298,13 +298,13 @@ def load_shakespeare_task(cache_dir: Optional[str],
   test_ids = set(test.client_ids)
   test_snippets = [s for c in client_ids if c in test_ids
                    for s in _snippets(test.create_tf_dataset_for_client(c))]
-  task = _make_task('shakespeare', train_snippets, test_snippets, seq_len, trigger,
-                    continuation, embedding_dim, lstm_units, dict(client_ids=list(client_ids)))
-  x_test, y_test = task.test_data
+  result = _make_task('shakespeare', train_snippets, test_snippets, seq_len, trigger,
+                      continuation, embedding_dim, lstm_units, dict(client_ids=list(client_ids)))
+  x_test, y_test = result.test_data
   if max_test_sequences is not None and len(x_test) > max_test_sequences:
     rows = np.sort(np.random.default_rng(seed).choice(len(x_test), max_test_sequences,
                                                       replace=False))
-    task.test_data = (x_test[rows], y_test[rows])
-    task.backdoor_test_data = backdoor_test_set(x_test[rows], y_test[rows], trigger,
-                                                continuation, seq_len)
-  return task
+    result.test_data = (x_test[rows], y_test[rows])
+    result.backdoor_test_data = backdoor_test_set(x_test[rows], y_test[rows], trigger,
+                                                  continuation, seq_len)
+  return result

@@ -2,10 +2,10 @@
 
 import pytest
 
-from tff_flame import runtime
+from experiments import tff_worker
 
 
 @pytest.fixture(autouse=True, scope='session')
 def _end_tff_workers():
   yield
-  runtime.shutdown_tff_workers()
+  tff_worker.end_tff()

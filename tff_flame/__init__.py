@@ -1,13 +1,22 @@
-"""FLAME backdoor defense for TensorFlow Federated, with the baselines it is compared to."""
+"""FLAME backdoor defense for TensorFlow Federated, with the robust baselines it is compared to.
 
-from tff_flame.coordinate_median_factory import CoordinateMedianFactory
-from tff_flame.defense_registry import build_aggregator
-from tff_flame.flame_factory import FlameFactory
-from tff_flame.flame_ops import noise_lambda_from_privacy
-from tff_flame.krum_factory import KrumFactory
-from tff_flame.trimmed_mean_factory import TrimmedMeanFactory
+The library holds aggregation factories and learning-process builders only:
+no file I/O, flags, plots or process management (those are the experiment
+harness's, in `experiments/` and `tasks/`).
+"""
+
+from tff_flame.clustering import hdbscan_labels
+from tff_flame.flame import FlameFactory
+from tff_flame.flame import noise_lambda_from_privacy
+from tff_flame.gathered import GatheredAggregationFactory
+from tff_flame.learning import build_flame_fed_avg
+from tff_flame.robust import CoordinateMedianFactory
+from tff_flame.robust import KrumFactory
+from tff_flame.robust import NonFiniteFilterFactory
+from tff_flame.robust import TrimmedMeanFactory
 
 __all__ = [
-    'CoordinateMedianFactory', 'FlameFactory', 'KrumFactory', 'TrimmedMeanFactory',
-    'build_aggregator', 'noise_lambda_from_privacy',
+    'CoordinateMedianFactory', 'FlameFactory', 'GatheredAggregationFactory', 'KrumFactory',
+    'NonFiniteFilterFactory', 'TrimmedMeanFactory', 'build_flame_fed_avg', 'hdbscan_labels',
+    'noise_lambda_from_privacy',
 ]

@@ -274,7 +274,7 @@ def hdbscan_labels(distances, min_cluster_size: IntLike, min_samples: IntLike = 
     raise ValueError(f'min_cluster_size must be >= 2, got {min_cluster_size}.')
   if isinstance(min_samples, int) and min_samples < 1:
     raise ValueError(f'min_samples must be >= 1, got {min_samples}.')
-  distances = tf.convert_to_tensor(distances, tf.float64)
+  distances = tf.cast(tf.convert_to_tensor(distances), tf.float64)  # float32 or float64
   min_cluster_size = tf.convert_to_tensor(min_cluster_size, tf.int32)
   min_samples = tf.convert_to_tensor(min_samples, tf.int32)
   n = tf.shape(distances)[0]
@@ -284,28 +284,22 @@ def hdbscan_labels(distances, min_cluster_size: IntLike, min_samples: IntLike = 
       lambda: -tf.ones([n], tf.int32))
 
 
-def hdbscan_labels_numpy(distances: np.ndarray, min_cluster_size: int,
-                         min_samples: int = 1) -> np.ndarray:
-  """The same labels from the `hdbscan` package (the reference)."""
-  import hdbscan  # pylint: disable=g-import-not-at-top
-  distances = np.asarray(distances, np.float64)
-  if distances.shape[0] < 2:
-    return -np.ones(distances.shape[0], np.int32)
-  clusterer = hdbscan.HDBSCAN(metric='precomputed', min_cluster_size=int(min_cluster_size),
-                              min_samples=int(min_samples), allow_single_cluster=True)
-  return clusterer.fit(distances).labels_.astype(np.int32)
-
-
 def hdbscan_labels_py_function(distances, min_cluster_size: IntLike,
                                min_samples: IntLike = 1) -> tf.Tensor:
-  """The package's labels through `tf.py_function`.
+  """The `hdbscan` package's labels through `tf.py_function` (imported lazily).
 
   Only for TF running in the Python process (eager code, a `tf.function`
   called directly); TFF's C++ worker cannot run it.
   """
   def call(d, m, s):
-    return hdbscan_labels_numpy(d.numpy(), int(m.numpy()), int(s.numpy()))
-  labels = tf.py_function(call, [tf.convert_to_tensor(distances, tf.float64),
+    import hdbscan  # pylint: disable=g-import-not-at-top
+    d = d.numpy()
+    if d.shape[0] < 2:
+      return -np.ones(d.shape[0], np.int32)
+    clusterer = hdbscan.HDBSCAN(metric='precomputed', min_cluster_size=int(m.numpy()),
+                                min_samples=int(s.numpy()), allow_single_cluster=True)
+    return clusterer.fit(d).labels_.astype(np.int32)
+  labels = tf.py_function(call, [tf.cast(tf.convert_to_tensor(distances), tf.float64),
                                  min_cluster_size, min_samples], tf.int32)
   labels.set_shape([None])
   return labels

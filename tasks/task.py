@@ -1,4 +1,4 @@
-"""The interface every task module returns, and the helpers tasks share.
+"""`Task`, what every task loader returns, and the helpers the tasks share.
 
 Models return logits. Labels are int32 class ids; for sequence tasks (y of rank
 2) accuracy is per position and ignores positions whose label is the padding
@@ -15,8 +15,8 @@ PAD_ID = 0
 
 
 @dataclasses.dataclass
-class TaskData:
-  """Per-client data, clean and backdoor test sets, model and poisoning.
+class Task:
+  """A whole federated backdoor task: client data, test sets, model, poisoning and metrics.
 
   Attributes:
     name: the task's name.
@@ -99,7 +99,7 @@ def check_trigger_part(trigger_part: Optional[int], num_parts: int) -> None:
     raise ValueError(f'trigger_part must be None or an int in [0, {num_parts}), got {trigger_part!r}.')
 
 
-def summary(task: TaskData) -> dict:
+def summary(task: Task) -> dict:
   """Sizes of a task's data, for logs."""
   sizes = [len(x) for x, _ in task.client_data]
   result: dict[str, Any] = dict(

@@ -1,15 +1,15 @@
-"""Shared accuracy and row-selection helpers of `tasks.task_data`."""
+"""Shared accuracy and row-selection helpers of `tasks.task`."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tasks import task_data
+from tasks import task
 
 
 def test_accuracy_from_logits_class_labels():
   logits = np.array([[2., 1.], [0., 3.], [5., 1.], [0., 1.]])
-  assert task_data.accuracy_from_logits(logits, np.array([0, 1, 1, 0])) == 0.5
+  assert task.accuracy_from_logits(logits, np.array([0, 1, 1, 0])) == 0.5
 
 
 def test_accuracy_from_logits_sequences_skip_padding():
@@ -17,8 +17,8 @@ def test_accuracy_from_logits_sequences_skip_padding():
   pred = np.array([[1, 2, 3, 0], [4, 4, 4, 4]])
   y = np.array([[1, 2, 5, 0], [4, 0, 0, 1]])  # counted: 3 + 2 positions; right: 2 + 1.
   logits = tf.one_hot(pred, 6).numpy()
-  assert task_data.accuracy_from_logits(logits, y) == pytest.approx(3 / 5)
-  assert np.isnan(task_data.accuracy_from_logits(logits, np.zeros_like(y)))
+  assert task.accuracy_from_logits(logits, y) == pytest.approx(3 / 5)
+  assert np.isnan(task.accuracy_from_logits(logits, np.zeros_like(y)))
 
 
 def test_accuracy_with_keras_model_in_batches():
@@ -26,23 +26,23 @@ def test_accuracy_with_keras_model_in_batches():
                                tf.keras.layers.Lambda(lambda x: tf.concat([-x, x], axis=1))])
   x = np.array([[-1.], [2.], [3.], [-4.], [5.]], np.float32)  # predicts [0, 1, 1, 0, 1]
   y = np.array([0, 1, 0, 0, 0], np.int32)
-  assert task_data.accuracy(model, x, y, batch_size=2) == pytest.approx(3 / 5)
+  assert task.accuracy(model, x, y, batch_size=2) == pytest.approx(3 / 5)
 
 
 def test_choose_rows_exact_count_and_bad_rate():
   rng = np.random.default_rng(0)
-  rows = task_data.choose_rows(np.arange(10, 30), 0.3, 20, rng)
+  rows = task.choose_rows(np.arange(10, 30), 0.3, 20, rng)
   assert len(rows) == 6 and len(set(rows.tolist())) == 6
   assert rows.min() >= 10 and rows.max() < 30
   with pytest.raises(ValueError, match='rate'):
-    task_data.choose_rows(np.arange(5), 1.5, 5, rng)
+    task.choose_rows(np.arange(5), 1.5, 5, rng)
   with pytest.raises(ValueError, match='only 2'):
-    task_data.choose_rows(np.arange(2), 0.5, 10, rng)
+    task.choose_rows(np.arange(2), 0.5, 10, rng)
 
 
 def test_check_trigger_part():
-  task_data.check_trigger_part(None, 1)
-  task_data.check_trigger_part(3, 4)
+  task.check_trigger_part(None, 1)
+  task.check_trigger_part(3, 4)
   for bad in (4, -1, 1.0):
     with pytest.raises(ValueError, match='trigger_part'):
-      task_data.check_trigger_part(bad, 4)
+      task.check_trigger_part(bad, 4)

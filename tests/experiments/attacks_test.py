@@ -1,13 +1,12 @@
-"""Attacks in the client work, and exact TPR/TNR from flags carried with updates."""
+"""Attacks as hooks in the client work: each attack changes only what it should."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_flame import FlameFactory
-from tff_flame import attacks
-from tff_flame import gathered_factory
+from experiments import attacks
+from experiments import config as config_lib
 
 
 def test_squared_distance_and_projection_match_numpy():
@@ -26,11 +25,15 @@ def test_squared_distance_and_projection_match_numpy():
   np.testing.assert_allclose(flat([p.numpy() for p in inside]), flat(v), rtol=1e-6)
 
 
-def test_attack_config_validation_and_model_replacement_scale():
-  with pytest.raises(ValueError, match='attack'):
-    attacks.AttackConfig(kind='flip')
-  with pytest.raises(ValueError, match='alpha'):
-    attacks.AttackConfig(kind='constrain_and_scale', alpha=1.5)
+def test_build_attack_and_model_replacement_scale():
+  with pytest.raises(ValueError, match='--attack'):
+    attacks.build_attack(config_lib.ExperimentConfig(attack='flip'))
+  with pytest.raises(ValueError, match='--alpha'):
+    config_lib.ExperimentConfig(attack='constrain_and_scale', alpha=1.5).validate(20)
+  default = attacks.build_attack(config_lib.ExperimentConfig(attack='constrain_and_scale'))
+  assert (default.alpha, default.scale_factor) == (0.9, 10 / 3)  # the binary's defaults
+  assert attacks.build_attack(config_lib.ExperimentConfig(attack='dba')).trigger_part(5, 4) == 1
+  assert attacks.build_attack(config_lib.ExperimentConfig(attack='pgd')).trigger_part(5, 4) is None
   assert attacks.model_replacement_scale(10, 1.0) == 10.0
   assert attacks.model_replacement_scale(10, 0.5, attackers_per_round=4) == 5.0
 
@@ -63,66 +66,25 @@ def _run_client_work(attack):
 
 
 def test_data_poisoning_client_trains_like_a_benign_one_on_the_same_data():
-  benign, bad = _run_client_work(attacks.AttackConfig(kind='data_poisoning'))
+  benign, bad = _run_client_work(attacks.DataPoisoning())
   assert np.linalg.norm(benign) > 0
   np.testing.assert_allclose(bad, benign, rtol=1e-6)
 
 
 def test_constrain_and_scale_scales_the_update_by_gamma():
   benign, bad = _run_client_work(
-      attacks.AttackConfig(kind='constrain_and_scale', alpha=1.0, scale_factor=7.0))
+      attacks.ConstrainAndScale(alpha=1.0, scale_factor=7.0))
   np.testing.assert_allclose(bad, 7.0 * benign, rtol=1e-5)
   # With the anomaly loss the attacker stays closer to the global model before scaling.
   _, constrained = _run_client_work(
-      attacks.AttackConfig(kind='constrain_and_scale', alpha=0.5, scale_factor=1.0))
+      attacks.ConstrainAndScale(alpha=0.5, scale_factor=1.0))
   assert np.linalg.norm(constrained) < np.linalg.norm(benign)
 
 
 def test_pgd_keeps_the_attacker_inside_the_ball():
-  benign, bad = _run_client_work(attacks.AttackConfig(kind='pgd', pgd_radius=0.01))
+  benign, bad = _run_client_work(attacks.ProjectedGradientDescent(radius=0.01))
   assert np.linalg.norm(benign) > 0.05
   assert np.linalg.norm(bad) <= 0.01 * (1 + 1e-5)
-
-
-VALUE_TYPE = tff.TensorType(np.float32, [6])
-
-
-def test_filter_rates_on_a_hand_made_case():
-  rates = gathered_factory.filter_rates(tf.constant([1, 1, 0, 0, 0]), tf.constant([0, 1, 1, 1, 0]))
-  assert rates['num_malicious'].numpy() == 2
-  assert rates['tpr'].numpy() == pytest.approx(0.5)
-  assert rates['tnr'].numpy() == pytest.approx(2 / 3)
-  none = gathered_factory.filter_rates(tf.constant([0, 0]), tf.constant([1, 1]))
-  assert np.isnan(none['tpr'].numpy()) and none['tnr'].numpy() == 1.0
-
-
-@pytest.mark.parametrize('attackers_first', [True, False])
-def test_tpr_tnr_follow_the_flags_not_the_client_order(attackers_first):
-  rng = np.random.default_rng(1)
-  direction = rng.normal(size=6)
-  benign = [(direction + 0.3 * rng.normal(size=6)).astype(np.float32) for _ in range(7)]
-  bad = [(-5 * direction + 0.01 * rng.normal(size=6)).astype(np.float32) for _ in range(3)]
-  values = [(v, np.int32(1)) for v in bad] + [(v, np.int32(0)) for v in benign]
-  if not attackers_first:
-    values = values[::-1]
-  process = FlameFactory(noise_lambda=0.0).create_labelled(VALUE_TYPE)
-  m = process.next(process.initialize(), values).measurements
-  assert m['num_malicious'] == 3
-  assert m['tpr'] == 1.0  # every attacker rejected
-  # Benign admitted / benign, recomputed from which norms were admitted.
-  norms = np.asarray(m['update_norms'])
-  admitted = np.asarray(m['admitted']) == 1
-  benign_norms = np.linalg.norm(np.array(benign, np.float64), axis=1)
-  admitted_benign = sum(np.isclose(norms[admitted], n).any() for n in benign_norms)
-  assert m['tnr'] == pytest.approx(admitted_benign / 7)
-  assert m['num_admitted'] == admitted_benign
-
-
-def test_labelled_plain_mean_drops_the_flag():
-  process = gathered_factory.create_labelled(tff.aggregators.UnweightedMeanFactory(), VALUE_TYPE)
-  values = [(np.full(6, 1.0, np.float32), np.int32(0)), (np.full(6, 3.0, np.float32), np.int32(1))]
-  out = process.next(process.initialize(), values)
-  np.testing.assert_allclose(out.result, np.full(6, 2.0))
 
 
 def test_models_with_sparse_gradients_train():
@@ -135,7 +97,7 @@ def test_models_with_sparse_gradients_train():
   y = np.array([0, 1], np.int32)
   data = attacks.flagged_dataset(x, y, False).batch(2)
   work = attacks.build_client_work(embedding_model, data.element_spec, 0.5,
-                                   attacks.AttackConfig(kind='none'))
+                                   attacks.Attack())
   model = embedding_model()
   weights = tff.learning.models.ModelWeights(
       trainable=[v.numpy() for v in model.trainable_variables], non_trainable=[])

@@ -1,7 +1,18 @@
-"""An independent NumPy + `hdbscan` re-computation of one FLAME round (test oracle)."""
+"""Test oracles: the `hdbscan` package's labels and a NumPy + `hdbscan` FLAME round."""
 
 import hdbscan
 import numpy as np
+
+
+def hdbscan_labels_numpy(distances: np.ndarray, min_cluster_size: int,
+                         min_samples: int = 1) -> np.ndarray:
+  """The `hdbscan` package's labels for a precomputed distance matrix (the reference)."""
+  distances = np.asarray(distances, np.float64)
+  if distances.shape[0] < 2:
+    return -np.ones(distances.shape[0], np.int32)
+  clusterer = hdbscan.HDBSCAN(metric='precomputed', min_cluster_size=int(min_cluster_size),
+                              min_samples=int(min_samples), allow_single_cluster=True)
+  return clusterer.fit(distances).labels_.astype(np.int32)
 
 
 def flame_round_numpy(updates, min_cluster_size=None, reference=None):

@@ -6,27 +6,29 @@ import json
 import numpy as np
 import pytest
 
-from tasks import emnist
-from tff_flame import experiment
+from experiments import config as config_lib
+from experiments import loop
+from tasks import digits
+from tasks import images
 
 
 @pytest.fixture(scope='module')
 def task():
-  return emnist.load_digits_task(num_clients=6, seed=0)
+  return digits.load_digits_task(num_clients=6, seed=0)
 
 
 def config(**kwargs):
   base = dict(defense='flame', attack='constrain_and_scale', rounds=2, clients_per_round=6,
               malicious_fraction=0.34, attack_start_round=1, client_epochs=1, seed=0)
   base.update(kwargs)
-  return experiment.ExperimentConfig(**base)
+  return config_lib.ExperimentConfig(**base)
 
 
 def test_malicious_clients_are_fixed_by_seed():
-  a = experiment.malicious_clients(20, 0.3, seed=1)
+  a = loop.malicious_clients(20, 0.3, seed=1)
   assert len(a) == 6 and len(set(a.tolist())) == 6
-  np.testing.assert_array_equal(a, experiment.malicious_clients(20, 0.3, seed=1))
-  assert not np.array_equal(a, experiment.malicious_clients(20, 0.3, seed=2))
+  np.testing.assert_array_equal(a, loop.malicious_clients(20, 0.3, seed=1))
+  assert not np.array_equal(a, loop.malicious_clients(20, 0.3, seed=2))
 
 
 def test_attack_window():
@@ -38,15 +40,15 @@ def test_attack_window():
 def test_dba_gives_each_attacker_one_trigger_part(task):
   c = config(attack='dba', data_poisoning_rate=1.0)
   malicious = [1, 3, 4]
-  datasets = experiment.round_datasets(task, [1, 3, 4, 5], malicious, 1, c)
+  datasets = loop.round_datasets(task, [1, 3, 4, 5], malicious, 1, c)
   parts = task.info['trigger_parts']
   for k, (cid, ds) in enumerate(zip([1, 3, 4], datasets)):
     xs = np.concatenate([b[0].numpy() for b in ds])
     flags = np.concatenate([b[2].numpy() for b in ds])
     assert flags.all()
-    expected = emnist.trigger_pixels(parts, k % len(parts))
+    expected = images.trigger_pixels(parts, k % len(parts))
     others = [p for i in range(len(parts)) if i != k % len(parts)
-              for p in zip(*emnist.trigger_pixels(parts, i))]
+              for p in zip(*images.trigger_pixels(parts, i))]
     rows, cols = expected
     assert np.allclose(xs[:, rows, cols, 0], task.info['trigger_value'])
     clean = task.client_data[cid][0]
@@ -58,7 +60,7 @@ def test_dba_gives_each_attacker_one_trigger_part(task):
 
 
 def test_run_writes_every_round_and_the_summary(task, tmp_path):
-  summary = experiment.run_experiment(task, config(), str(tmp_path), log=lambda s: None)
+  summary = loop.run_experiment(task, config(), str(tmp_path), log=lambda s: None)
   rows = [json.loads(l) for l in (tmp_path / 'rounds.jsonl').read_text().splitlines()]
   assert [r['round'] for r in rows] == [1, 2]
   for r in rows:
@@ -83,25 +85,27 @@ def test_a_crash_keeps_the_finished_rounds(task, tmp_path):
   broken = dataclasses.replace(task)
   object.__setattr__(broken, 'backdoor_accuracy', failing_backdoor_accuracy)
   with pytest.raises(RuntimeError, match='evaluation died'):
-    experiment.run_experiment(broken, config(attack='none', defense='none'), str(tmp_path),
+    loop.run_experiment(broken, config(attack='none', defense='none'), str(tmp_path),
                               log=lambda s: None)
   rows = (tmp_path / 'rounds.jsonl').read_text().splitlines()
   assert len(rows) == 1 and json.loads(rows[0])['round'] == 1
 
 
 def test_bad_config_names_the_field(task):
-  with pytest.raises(ValueError, match='clients_per_round'):
+  with pytest.raises(ValueError, match='--clients_per_round'):
     config(clients_per_round=50).validate(len(task.client_data))
-  with pytest.raises(ValueError, match='malicious_fraction'):
+  with pytest.raises(ValueError, match='--malicious_fraction'):
     config(malicious_fraction=1.5).validate(6)
-  with pytest.raises(ValueError, match='defense'):
+  with pytest.raises(ValueError, match='--defense'):
     config(defense='krum9').validate(6)
+  with pytest.raises(ValueError, match=r'--trim_fraction must be in \[0.0, 0.5\)'):
+    config(trim_fraction=0.5).validate(6)
 
 
 def test_the_initial_model_is_fixed_by_the_seed(task):
   weights = []
   for seed in (3, 3, 4):
-    process = experiment.build_process(task, config(seed=seed))
+    process = loop.build_process(task, config(seed=seed))
     weights.append(process.get_model_weights(process.initialize()).trainable)
   np.testing.assert_array_equal(weights[0][0], weights[1][0])
   assert not np.array_equal(weights[0][0], weights[2][0])

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from flame_reference import flame_round_numpy
-from tff_flame import clustering
-from tff_flame import flame_ops
+from oracles import flame_round_numpy
+from oracles import hdbscan_labels_numpy
+from tff_flame import flame
+from tff_flame import stacked_ops
 
 
 def benign_and_attackers(rng, n_benign, n_bad, d=50, bad_scale=5.0):
@@ -17,7 +18,7 @@ def benign_and_attackers(rng, n_benign, n_bad, d=50, bad_scale=5.0):
 
 
 def run(updates, noise_lambda=0.0, seed=(1, 2), **kwargs):
-  aggregate, m = flame_ops.flame_round(tf.constant(updates), tf.constant(seed, tf.int64),
+  aggregate, m = flame.flame_round(tf.constant(updates), tf.constant(seed, tf.int64),
                                        noise_lambda, **kwargs)
   return aggregate.numpy(), {k: np.asarray(v) for k, v in m.items()}
 
@@ -42,13 +43,13 @@ def test_model_space_matches_numpy_and_differs_from_update_space():
   rng = np.random.default_rng(3)
   updates = benign_and_attackers(rng, 8, 3, d=30)
   reference = rng.normal(size=30).astype(np.float32) * 3.0
-  _, m_model = run(updates, reference=tf.constant(reference))
+  _, m_model = run(updates, global_model=tf.constant(reference))
   _, admitted_model, _ = flame_round_numpy(updates, reference=reference)
   np.testing.assert_array_equal(m_model['admitted'].astype(bool), admitted_model)
-  labels_update = clustering.hdbscan_labels_numpy(
-      flame_ops.cosine_distances(tf.constant(updates)).numpy(), 6)
-  labels_model = clustering.hdbscan_labels_numpy(
-      flame_ops.cosine_distances(tf.constant(reference[None] - updates)).numpy(), 6)
+  labels_update = hdbscan_labels_numpy(
+      stacked_ops.cosine_distances(tf.constant(updates)).numpy(), 6)
+  labels_model = hdbscan_labels_numpy(
+      stacked_ops.cosine_distances(tf.constant(reference[None] - updates)).numpy(), 6)
   np.testing.assert_array_equal(m_model['cluster_labels'] >= 0, labels_model >= 0)
   assert not np.array_equal(labels_update, labels_model)
 
@@ -122,20 +123,20 @@ def test_one_and_two_clients():
 
 
 def test_zero_update_has_unit_cosine_distance():
-  d = flame_ops.cosine_distances(tf.constant([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])).numpy()
+  d = stacked_ops.cosine_distances(tf.constant([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])).numpy()
   np.testing.assert_allclose(d, [[0, 1, 1], [1, 0, 0], [1, 0, 0]], atol=1e-12)
 
 
 def test_median_matches_numpy():
   for n in range(1, 8):
     values = np.random.default_rng(n).normal(size=n)
-    assert flame_ops.median(tf.constant(values)).numpy() == pytest.approx(np.median(values))
+    assert stacked_ops.median(tf.constant(values)).numpy() == pytest.approx(np.median(values))
 
 
 def test_noise_lambda_from_privacy():
-  assert flame_ops.noise_lambda_from_privacy(3.0, 1e-5) == pytest.approx(
+  assert flame.noise_lambda_from_privacy(3.0, 1e-5) == pytest.approx(
       (1 / 3.0) * np.sqrt(2 * np.log(1.25 / 1e-5)))
   with pytest.raises(ValueError, match='epsilon'):
-    flame_ops.noise_lambda_from_privacy(0.0, 1e-5)
+    flame.noise_lambda_from_privacy(0.0, 1e-5)
   with pytest.raises(ValueError, match='delta'):
-    flame_ops.noise_lambda_from_privacy(1.0, 1.5)
+    flame.noise_lambda_from_privacy(1.0, 1.5)

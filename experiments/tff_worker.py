@@ -1,13 +1,11 @@
-"""Starts and, above all, stops TFF's C++ execution worker.
+"""Owns TFF's C++ execution worker for the harness's entry points.
 
 TFF 0.87 runs TF computations in a `worker_binary` child process that
 outlives the Python process and keeps its stdout open, so a pipeline such as
-`python run.py | tail` never ends. Everything that runs TFF here ends its
-workers through this module: explicitly (`tff_runtime()`), and at interpreter
-exit as a last resort.
+`python run.py | tail` never ends. Entry points run TFF inside `local_worker()`,
+which ends the worker when the body ends. Nothing happens at import.
 """
 
-import atexit
 import contextlib
 import gc
 import os
@@ -110,7 +108,7 @@ def end_tff() -> None:
 
 
 @contextlib.contextmanager
-def tff_runtime() -> Iterator[None]:
+def local_worker() -> Iterator[None]:
   """Runs the body in a fresh local C++ execution context and ends its worker after.
 
   TFF's own manager of that worker would later try to kill the ended process
@@ -123,5 +121,3 @@ def tff_runtime() -> Iterator[None]:
   finally:
     end_tff()
 
-
-atexit.register(end_tff)

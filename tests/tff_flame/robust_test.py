@@ -5,10 +5,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_flame import defense_registry
-from tff_flame import flame_ops
-from tff_flame import gathered_factory
-from tff_flame import robust_ops
+import tff_flame
+from tff_flame import robust
+from tff_flame import stacked_ops
 
 
 def krum_numpy(x, f, m):
@@ -24,7 +23,7 @@ def krum_numpy(x, f, m):
 def test_krum_picks_the_smallest_score_and_rejects_the_outlier():
   x = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.2], [0.1, 0.1], [0.05, 0.05], [9.0, 9.0]],
                np.float32)
-  aggregate, m = robust_ops.krum_round(tf.constant(x), num_byzantine=1, num_selected=1)
+  aggregate, m = robust.krum_round(tf.constant(x), num_byzantine=1, num_selected=1)
   expected, scores, order = krum_numpy(x, 1, 1)
   np.testing.assert_allclose(m['scores'].numpy(), scores, rtol=1e-5)
   np.testing.assert_allclose(aggregate.numpy(), expected, rtol=1e-6)
@@ -35,7 +34,7 @@ def test_krum_picks_the_smallest_score_and_rejects_the_outlier():
 def test_multi_krum_averages_the_n_minus_f_best():
   rng = np.random.default_rng(0)
   x = np.concatenate([rng.normal(size=(8, 5)), 20 + rng.normal(size=(2, 5))]).astype(np.float32)
-  aggregate, m = robust_ops.krum_round(tf.constant(x), num_byzantine=2, num_selected=None)
+  aggregate, m = robust.krum_round(tf.constant(x), num_byzantine=2, num_selected=None)
   expected, _, order = krum_numpy(x, 2, 8)
   np.testing.assert_allclose(aggregate.numpy(), expected, rtol=1e-5)
   assert set(order.tolist()) == set(range(8)) and m['num_admitted'].numpy() == 8
@@ -43,7 +42,7 @@ def test_multi_krum_averages_the_n_minus_f_best():
 
 def test_krum_with_too_few_clients_still_runs_and_says_so():
   x = np.array([[0.0], [1.0], [5.0]], np.float32)
-  aggregate, m = robust_ops.krum_round(tf.constant(x), num_byzantine=1, num_selected=1)
+  aggregate, m = robust.krum_round(tf.constant(x), num_byzantine=1, num_selected=1)
   assert m['assumption_holds'].numpy() == 0 and m['neighbours'].numpy() == 1
   expected, _, _ = krum_numpy(x, 1, 1)
   np.testing.assert_allclose(aggregate.numpy(), expected)
@@ -52,20 +51,20 @@ def test_krum_with_too_few_clients_still_runs_and_says_so():
 @pytest.mark.parametrize('n', [1, 2, 5, 6, 9])
 def test_median_and_trimmed_mean_match_numpy(n):
   x = np.random.default_rng(n).normal(size=(n, 7))
-  np.testing.assert_allclose(flame_ops.median(tf.constant(x)).numpy(),
+  np.testing.assert_allclose(stacked_ops.median(tf.constant(x)).numpy(),
                              np.median(x, axis=0))
   for beta in (0.0, 0.1, 0.25, 0.4):
     cut = int(np.floor(beta * n))
     expected = np.sort(x, axis=0)[cut:n - cut].mean(axis=0)
-    np.testing.assert_allclose(robust_ops.trimmed_mean(tf.constant(x), beta).numpy(), expected)
+    np.testing.assert_allclose(robust.trimmed_mean(tf.constant(x), beta).numpy(), expected)
 
 
 def test_non_finite_rows_are_excluded():
   x = np.array([[1.0, 2.0], [np.nan, 0.0], [3.0, 4.0], [np.inf, 1.0], [5.0, 6.0]], np.float32)
-  aggregate, m = robust_ops.coordinate_round(tf.constant(x), flame_ops.median)
+  aggregate, m = robust.coordinate_round(tf.constant(x), stacked_ops.median)
   np.testing.assert_allclose(aggregate.numpy(), [3.0, 4.0])
   assert m['num_non_finite'].numpy() == 2 and m['admitted'].numpy().tolist() == [1, 0, 1, 0, 1]
-  aggregate, m = robust_ops.krum_round(tf.constant(x), num_byzantine=0, num_selected=1)
+  aggregate, m = robust.krum_round(tf.constant(x), num_byzantine=0, num_selected=1)
   assert np.isfinite(aggregate.numpy()).all() and m['admitted'].numpy()[[1, 3]].sum() == 0
 
 
@@ -85,7 +84,12 @@ def _flat(result):
 def test_factories_through_tff(name):
   rng = np.random.default_rng(3)
   rows = np.concatenate([rng.normal(size=(6, 7)), 30 + rng.normal(size=(2, 7))]).astype(np.float32)
-  factory = defense_registry.build_aggregator(name, num_byzantine=2, trim_fraction=0.25)
+  factory = {
+      'krum': lambda: tff_flame.KrumFactory(2, num_selected=1),
+      'multi_krum': lambda: tff_flame.KrumFactory(2, num_selected=None),
+      'median': tff_flame.CoordinateMedianFactory,
+      'trimmed_mean': lambda: tff_flame.TrimmedMeanFactory(0.25),
+  }[name]()
   process = factory.create(VALUE_TYPE)
   out = process.next(process.initialize(), _values(rows))
   expected = {
@@ -97,47 +101,15 @@ def test_factories_through_tff(name):
   np.testing.assert_allclose(_flat(out.result), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_norm_bounding_and_weak_dp_reuse_tff():
-  rows = np.array([[3.0, 4.0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0.5]], np.float32)
-  process = defense_registry.build_aggregator('norm_bounding', norm_bound=1.0).create(VALUE_TYPE)
-  out = process.next(process.initialize(), _values(rows))
-  np.testing.assert_allclose(_flat(out.result), ([0.6, 0.8, 0, 0, 0, 0, 0] + rows[1]) / 2,
-                             rtol=1e-5)
-  dp = defense_registry.build_aggregator('weak_dp', norm_bound=1.0, dp_noise_multiplier=0.0,
-                                         clients_per_round=2).create(VALUE_TYPE)
-  out = dp.next(dp.initialize(), _values(rows))
-  np.testing.assert_allclose(_flat(out.result), ([0.6, 0.8, 0, 0, 0, 0, 0] + rows[1]) / 2,
-                             rtol=1e-5)
-
-
-def test_krum_tpr_tnr_from_flags():
-  rng = np.random.default_rng(4)
-  rows = np.concatenate([rng.normal(size=(6, 7)), 30 + rng.normal(size=(2, 7))]).astype(np.float32)
-  flags = [0] * 6 + [1] * 2
-  process = gathered_factory.create_labelled(
-      defense_registry.build_aggregator('multi_krum', num_byzantine=2),
-      tff.TensorType(np.float32, [7]))
-  m = process.next(process.initialize(), [(r, np.int32(f)) for r, f in zip(rows, flags)]).measurements
-  assert m['tpr'] == 1.0 and m['tnr'] == 1.0 and m['num_malicious'] == 2
-
-
-def test_registry_rejects_bad_names_and_parameters():
-  with pytest.raises(ValueError, match='defense must be one of'):
-    defense_registry.build_aggregator('bulyan')
-  with pytest.raises(ValueError, match='trim_fraction'):
-    defense_registry.build_aggregator('trimmed_mean', trim_fraction=0.5)
-  with pytest.raises(ValueError, match='num_byzantine'):
-    defense_registry.build_aggregator('krum', num_byzantine=-1)
-  with pytest.raises(ValueError, match='norm_bound'):
-    defense_registry.build_aggregator('norm_bounding', norm_bound=0.0)
-
-
 @pytest.mark.parametrize('name', ['norm_bounding', 'weak_dp'])
-def test_tff_based_defenses_leave_nan_clients_out(name):
+def test_non_finite_filter_leaves_nan_clients_out_of_tff_factories(name):
   rows = np.array([[3.0, 4.0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0.5],
                    [np.nan, 0, 0, 0, 0, 0, 0]], np.float32)
-  factory = defense_registry.build_aggregator(name, norm_bound=1.0, dp_noise_multiplier=0.0,
-                                              clients_per_round=2)
+  inner = (tff.aggregators.clipping_factory(1.0, tff.aggregators.MeanFactory())
+           if name == 'norm_bounding' else
+           tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+               noise_multiplier=0.0, clients_per_round=2, clip=1.0))
+  factory = tff_flame.NonFiniteFilterFactory(inner, inner_name=name)
   process = factory.create(VALUE_TYPE)
   out = process.next(process.initialize(), _values(rows))
   # Clipped finite updates, summed; norm bounding averages the 2 finite ones and

@@ -1,0 +1,188 @@
+"""Every hyperparameter of an experiment, once: dataclass fields that become the flags.
+
+`TaskConfig` (which data), `ExperimentConfig` (training, attack, defense) and
+`OutputConfig` (where results go) are the single source of truth. The training
+binary and the grid define their absl flags from these fields
+(`define_flags`), read them back (`from_flags`), and the README's flag table
+is `flag_table_markdown()` (a test keeps them equal). All range checks live
+in `validate`, with messages naming the flag.
+"""
+
+import dataclasses
+import typing
+from typing import Any, Optional, Sequence
+
+TASKS = ('digits', 'emnist', 'shakespeare', 'nbaiot')
+DEFENSES = ('none', 'flame', 'krum', 'multi_krum', 'median', 'trimmed_mean', 'norm_bounding',
+            'weak_dp')
+ATTACKS = ('none', 'data_poisoning', 'constrain_and_scale', 'pgd', 'dba')
+CLUSTERING_SPACES = ('update', 'model')
+
+
+def param(default: Any, help: str, *, choices: Sequence[str] = (),  # pylint: disable=redefined-builtin
+          lower: Optional[float] = None, upper: Optional[float] = None,
+          upper_exclusive: bool = False, default_text: Optional[str] = None):
+  """A config field with its flag help, allowed values and README default text."""
+  return dataclasses.field(default=default, metadata=dict(
+      help=help, choices=tuple(choices), lower=lower, upper=upper,
+      upper_exclusive=upper_exclusive, default_text=default_text))
+
+
+@dataclasses.dataclass
+class TaskConfig:
+  """Which task and data; see `tasks.registry.load_task`."""
+  task: str = param('digits', '`digits`, `emnist`, `shakespeare` or `nbaiot`', choices=TASKS)
+  num_clients: int = param(20, 'clients in the population (the most roles / writers for text '
+                           'and EMNIST)', lower=1)
+  dirichlet_alpha: float = param(0.5, 'digits: non-IID label skew (smaller is more skewed)',
+                                 lower=1e-3)
+  emnist_cache_dir: Optional[str] = param(None, "emnist: TFF's cache folder")
+  shakespeare_text: Optional[str] = param(None, "shakespeare: a play text in 'SPEAKER:' + "
+                                          'lines format')
+  shakespeare_cache_dir: Optional[str] = param(None, "shakespeare: TFF's cache folder (without "
+                                               '`--shakespeare_text`)')
+  nbaiot_path: Optional[str] = param(None, 'nbaiot: per-device N-BaIoT folder or a folder of '
+                                     'CSVs')
+  nbaiot_clients_per_device: int = param(5, 'nbaiot: clients each device is split into',
+                                         lower=1)
+
+  def validate(self) -> None:
+    """Raises ValueError naming the flag that is out of range."""
+    check_fields(self)
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+  """What a run does: training, attack and defense."""
+  defense: str = param('flame', '`none` (plain mean), ' + ', '.join(
+      f'`{d}`' for d in DEFENSES[1:]), choices=DEFENSES)
+  attack: str = param('constrain_and_scale', ', '.join(f'`{a}`' for a in ATTACKS),
+                      choices=ATTACKS)
+  rounds: int = param(15, 'training rounds', lower=1)
+  clients_per_round: int = param(10, 'clients sampled each round', lower=1)
+  malicious_fraction: float = param(0.3, 'share of the population that is malicious',
+                                    lower=0.0, upper=1.0)
+  data_poisoning_rate: float = param(0.5, "share of a malicious client's examples that get "
+                                     'the trigger', lower=0.0, upper=1.0)
+  attack_start_round: int = param(8, 'first round in which malicious clients attack', lower=1)
+  attack_rounds: Optional[int] = param(None, 'number of attack rounds from the start round',
+                                       lower=0, default_text='all')
+  alpha: float = param(0.9, 'constrain_and_scale: weight of the task loss', lower=0.0,
+                       upper=1.0)
+  scale_factor: Optional[float] = param(None, 'constrain_and_scale: gamma', lower=1e-9,
+                                        default_text='model replacement')
+  pgd_radius: float = param(1.0, 'pgd: L2 radius around the global model', lower=1e-9)
+  client_epochs: int = param(3, 'local epochs', lower=1)
+  batch_size: int = param(20, 'client batch size', lower=1)
+  client_learning_rate: float = param(0.1, 'client SGD learning rate', lower=0.0)
+  server_learning_rate: float = param(1.0, 'server SGD learning rate', lower=0.0)
+  noise_lambda: float = param(0.001, "FLAME's noise multiplier (the paper uses 0.01 for IoT)",
+                              lower=0.0)
+  clustering_space: str = param('update', 'FLAME clusters `update`s or local `model`s',
+                                choices=CLUSTERING_SPACES)
+  num_byzantine: Optional[int] = param(None, 'krum, multi_krum: f', lower=0,
+                                       default_text='expected attackers per round')
+  trim_fraction: float = param(0.2, 'trimmed_mean: share cut at each end per coordinate',
+                               lower=0.0, upper=0.5, upper_exclusive=True)
+  norm_bound: float = param(1.0, 'norm_bounding, weak_dp: L2 clip of each update', lower=1e-9)
+  dp_noise_multiplier: float = param(0.01, 'weak_dp: noise stddev / norm_bound', lower=0.0)
+  seed: int = param(0, 'data split, client sampling, attackers and noise')
+
+  def validate(self, num_clients: int) -> None:
+    """Raises ValueError naming the flag that is out of range (given the task's size)."""
+    check_fields(self)
+    if self.clients_per_round > num_clients:
+      raise ValueError(f'--clients_per_round must be in [1, num_clients={num_clients}], '
+                       f'got {self.clients_per_round}.')
+
+  def expected_attackers_per_round(self) -> int:
+    return int(round(self.malicious_fraction * self.clients_per_round))
+
+  def attacking(self, round_num: int) -> bool:
+    """Whether malicious clients attack in this round (1-based)."""
+    if self.attack == 'none' or round_num < self.attack_start_round:
+      return False
+    return self.attack_rounds is None or round_num < self.attack_start_round + self.attack_rounds
+
+
+@dataclasses.dataclass
+class OutputConfig:
+  """Where a run writes its results."""
+  output_dir: str = param('output/run', 'where `rounds.jsonl`, `summary.json`, `metrics.png` go')
+
+
+CONFIG_CLASSES = (TaskConfig, ExperimentConfig, OutputConfig)
+
+
+def check_fields(config) -> None:
+  """Checks every field against its declared choices and bounds."""
+  for field in dataclasses.fields(config):
+    value, meta = getattr(config, field.name), field.metadata
+    if value is None:
+      continue
+    if meta['choices'] and value not in meta['choices']:
+      raise ValueError(f'--{field.name} must be one of {", ".join(meta["choices"])}; '
+                       f'got {value!r}.')
+    lower, upper = meta['lower'], meta['upper']
+    too_high = upper is not None and (value >= upper if meta['upper_exclusive'] else
+                                      value > upper)
+    if (lower is not None and value < lower) or too_high:
+      closing = ')' if meta['upper_exclusive'] else ']'
+      raise ValueError(f'--{field.name} must be in [{lower}, '
+                       f'{"inf" if upper is None else upper}{closing}, got {value!r}.')
+
+
+def _base_type(field) -> type:
+  """int for `int` and `Optional[int]`, and so on."""
+  args = [a for a in typing.get_args(field.type) if a is not type(None)]
+  return args[0] if args else field.type
+
+
+def define_flags(flag_values=None, classes: Sequence[type] = CONFIG_CLASSES) -> None:
+  """Defines one absl flag per field of `classes`; values are checked by `validate`."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  definers = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
+              bool: flags.DEFINE_bool}
+  for cls in classes:
+    for field in dataclasses.fields(cls):
+      definers[_base_type(field)](field.name, field.default, field.metadata['help'],
+                                  flag_values=flag_values)
+
+
+def from_flags(cls: type, flag_values=None):
+  """An instance of `cls` from the parsed flags of the same names."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  return cls(**{f.name: flag_values[f.name].value for f in dataclasses.fields(cls)})
+
+
+def to_flags(*configs) -> list:
+  """Command-line flags that reproduce `configs` (fields at their default are left out)."""
+  args = []
+  for config in configs:
+    for field in dataclasses.fields(config):
+      value = getattr(config, field.name)
+      if value != field.default:
+        args.append(f'--{field.name}={value}')
+  return args
+
+
+def _default_text(field) -> str:
+  if field.metadata['default_text'] is not None:
+    return field.metadata['default_text']
+  return '-' if field.default is None else f'`{field.default}`' if isinstance(
+      field.default, str) else str(field.default)
+
+
+def flag_table_markdown(classes: Sequence[type] = CONFIG_CLASSES) -> str:
+  """The README's flag table, generated from the config fields."""
+  lines = ['| flag | default | meaning |', '|---|---|---|']
+  for cls in classes:
+    for field in dataclasses.fields(cls):
+      lines.append(f'| `--{field.name}` | {_default_text(field)} | {field.metadata["help"]} |')
+  return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+  print(flag_table_markdown())

@@ -1,0 +1,57 @@
+"""One source of hyperparameters: flags come from the config fields, and so does the README table."""
+
+import dataclasses
+import pathlib
+
+import pytest
+from absl import flags
+
+from experiments import config as config_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _flag_values(argv=()):
+  values = flags.FlagValues()
+  config_lib.define_flags(values)
+  values(['prog', *argv])
+  return values
+
+
+def test_every_field_is_a_flag_with_its_default():
+  values = _flag_values()
+  for cls in config_lib.CONFIG_CLASSES:
+    for field in dataclasses.fields(cls):
+      assert values[field.name].default == field.default, field.name
+  assert config_lib.from_flags(config_lib.ExperimentConfig, values) == \
+      config_lib.ExperimentConfig()
+
+
+def test_flags_round_trip_into_configs():
+  config = config_lib.ExperimentConfig(defense='krum', rounds=3, scale_factor=2.5,
+                                       attack_rounds=4)
+  task = config_lib.TaskConfig(task='nbaiot', nbaiot_path='/data/x')
+  values = _flag_values(config_lib.to_flags(config, task))
+  assert config_lib.from_flags(config_lib.ExperimentConfig, values) == config
+  assert config_lib.from_flags(config_lib.TaskConfig, values) == task
+
+
+def test_validation_names_the_flag():
+  cases = [(dict(rounds=0), '--rounds'), (dict(defense='bulyan'), '--defense'),
+           (dict(attack='flip'), '--attack'), (dict(alpha=1.5), '--alpha'),
+           (dict(trim_fraction=0.5), '--trim_fraction'), (dict(norm_bound=0.0), '--norm_bound'),
+           (dict(clustering_space='weights'), '--clustering_space')]
+  for kwargs, flag in cases:
+    with pytest.raises(ValueError, match=flag):
+      config_lib.ExperimentConfig(**kwargs).validate(num_clients=20)
+  config_lib.ExperimentConfig().validate(num_clients=20)
+  with pytest.raises(ValueError, match='--task'):
+    config_lib.TaskConfig(task='cifar').validate()
+
+
+def test_readme_flag_table_is_generated_from_the_config():
+  readme = (REPO / 'README.md').read_text()
+  table = config_lib.flag_table_markdown()
+  assert table in readme, ('README.md flag table is out of date; regenerate it with '
+                           '`python -m experiments.config`:\n' + table)
+  assert readme.count('| flag | default | meaning |') == 1  # no second, stale flag table

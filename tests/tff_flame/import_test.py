@@ -1,0 +1,30 @@
+"""The library stands alone: importing `tff_flame` loads no harness, plotting or oracle."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+HARNESS = ('experiments', 'tasks', 'benchmarks', 'matplotlib', 'hdbscan')
+
+
+def test_import_tff_flame_loads_neither_the_harness_nor_matplotlib():
+  code = ('import sys, tff_flame\n'
+          f'loaded = sorted(m for m in sys.modules if m.split(".")[0] in {HARNESS!r} '
+          f'or m in {HARNESS!r})\n'
+          'print(loaded)\n')
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().splitlines()[-1] == '[]'
+  assert 'Traceback' not in out.stderr
+
+
+def test_the_public_names():
+  import tff_flame  # pylint: disable=g-import-not-at-top
+  for name in ('FlameFactory', 'KrumFactory', 'CoordinateMedianFactory', 'TrimmedMeanFactory',
+               'NonFiniteFilterFactory', 'GatheredAggregationFactory', 'build_flame_fed_avg',
+               'hdbscan_labels', 'noise_lambda_from_privacy'):
+    assert hasattr(tff_flame, name), name
+  assert not hasattr(tff_flame, 'build_aggregator')  # a harness name (experiments.defenses)

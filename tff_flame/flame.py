@@ -1,0 +1,196 @@
+"""FLAME (Nguyen et al., USENIX Security 2022): the round as pure TF functions, and its TFF factory.
+
+Per round, over the n client updates delta_i (TFF's sign: G - W_i): cluster by
+cosine distance with HDBSCAN (min cluster size n // 2 + 1) and admit the
+largest cluster; clip every admitted update to S_t, the median L2 norm of all
+finite updates; average; add Gaussian noise with sigma = lambda * S_t. The
+functions work on the [n, d] matrix of stacked updates so they are unit-tested
+without TFF and run unchanged inside a `tff.tensorflow.computation`.
+"""
+
+import collections
+import math
+from typing import Optional
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_flame import clustering
+from tff_flame import gathered
+from tff_flame import stacked_ops
+
+CLUSTERING_SPACES = ('update', 'model')
+
+
+def noise_lambda_from_privacy(epsilon: float, delta: float) -> float:
+  """lambda = (1 / epsilon) * sqrt(2 ln(1.25 / delta)), the paper's Gaussian-mechanism rule."""
+  if not epsilon > 0:
+    raise ValueError(f'epsilon must be > 0, got {epsilon}.')
+  if not 0 < delta < 1:
+    raise ValueError(f'delta must be in (0, 1), got {delta}.')
+  return (1.0 / epsilon) * math.sqrt(2.0 * math.log(1.25 / delta))
+
+
+def default_min_cluster_size(num_clients: tf.Tensor) -> tf.Tensor:
+  """n // 2 + 1: the admitted cluster must be a majority of the clients."""
+  return num_clients // 2 + 1
+
+
+def cluster_clients(points: tf.Tensor, finite: tf.Tensor, min_cluster_size: tf.Tensor,
+                    min_samples: int = 1, labels_fn=clustering.hdbscan_labels):
+  """HDBSCAN labels of the finite rows by cosine distance; -1 for the others.
+
+  Returns (labels [n], admitted [n] bool). Admitted clients are the largest
+  cluster (lowest id on a tie). With a single client nothing can be compared,
+  so a finite lone client is admitted. Fewer finite clients than
+  min_cluster_size admit nobody.
+  """
+  n = tf.shape(points)[0]
+  finite_index = tf.cast(tf.where(finite)[:, 0], tf.int32)
+  finite_points = tf.gather(points, finite_index)
+  num_finite = tf.shape(finite_index)[0]
+
+  def clustered():
+    labels = labels_fn(stacked_ops.cosine_distances(finite_points), min_cluster_size, min_samples)
+    return tf.scatter_nd(finite_index[:, tf.newaxis], labels + 1, [n]) - 1
+
+  enough = (num_finite >= 2) & (num_finite >= min_cluster_size)
+  labels = tf.cond(enough, clustered, lambda: -tf.ones([n], tf.int32))
+  labels = tf.where((n == 1) & finite, 0, labels)
+  counts = tf.math.bincount(tf.maximum(labels, 0), weights=tf.cast(labels >= 0, tf.int32),
+                            minlength=1, dtype=tf.int32)
+  largest = tf.cast(tf.argmax(counts), tf.int32)
+  admitted = (labels >= 0) & tf.equal(labels, largest)
+  return labels, admitted
+
+
+def flame_round(updates: tf.Tensor,
+                noise_seed: tf.Tensor,
+                noise_lambda: float,
+                min_cluster_size: Optional[tf.Tensor] = None,
+                min_samples: int = 1,
+                global_model: Optional[tf.Tensor] = None,
+                labels_fn=clustering.hdbscan_labels):
+  """One FLAME aggregation over stacked client updates.
+
+  Args:
+    updates: [n, d] float client updates delta_i (TFF's G - W_i).
+    noise_seed: int [2] seed for `tf.random.stateless_normal`.
+    noise_lambda: noise multiplier; sigma = noise_lambda * S_t.
+    min_cluster_size: HDBSCAN's minimum cluster size; default n // 2 + 1.
+    min_samples: HDBSCAN's min_samples.
+    global_model: None to cluster the updates; the [d] global model G to cluster
+      the local models W_i = G - delta_i (the paper's space).
+    labels_fn: the clustering implementation (TF ops by default).
+
+  Returns:
+    (aggregate [d] in the updates' dtype, measurements OrderedDict).
+  """
+  updates = tf.convert_to_tensor(updates)
+  n = tf.shape(updates)[0]
+  if min_cluster_size is None:
+    min_cluster_size = default_min_cluster_size(n)
+  min_cluster_size = tf.cast(min_cluster_size, tf.int32)
+  finite = stacked_ops.finite_rows(updates)
+  safe_updates = tf.where(finite[:, tf.newaxis], updates, tf.zeros_like(updates))
+  points = safe_updates if global_model is None else (
+      tf.cast(global_model, updates.dtype)[tf.newaxis, :] - safe_updates)
+  labels, admitted = cluster_clients(points, finite, min_cluster_size, min_samples, labels_fn)
+
+  norms = stacked_ops.l2_norms(safe_updates)
+  finite_norms = tf.boolean_mask(norms, finite)
+  num_admitted = tf.reduce_sum(tf.cast(admitted, tf.int32))
+  fallback = tf.equal(num_admitted, 0)
+  bound = tf.cond(tf.size(finite_norms) > 0, lambda: stacked_ops.median(finite_norms),
+                  lambda: tf.constant(0.0, tf.float64))
+  clipped = stacked_ops.clip_rows(safe_updates, norms, bound)
+  admitted_f = tf.cast(admitted, updates.dtype)
+  total = tf.reduce_sum(clipped * admitted_f[:, tf.newaxis], axis=0)
+  mean = total / tf.cast(tf.maximum(num_admitted, 1), updates.dtype)
+  sigma = tf.cast(noise_lambda, tf.float64) * bound
+  noise = tf.random.stateless_normal(tf.shape(mean), seed=noise_seed, dtype=tf.float64) * sigma
+  aggregate = tf.where(fallback, tf.zeros_like(mean), mean + tf.cast(noise, updates.dtype))
+
+  measurements = collections.OrderedDict(
+      num_clients=n,
+      num_admitted=num_admitted,
+      num_non_finite=n - tf.reduce_sum(tf.cast(finite, tf.int32)),
+      admitted=tf.cast(admitted, tf.int32),
+      cluster_labels=labels,
+      update_norms=norms,
+      clipping_bound=bound,
+      noise_stddev=tf.where(fallback, tf.constant(0.0, tf.float64), sigma),
+      fallback=tf.cast(fallback, tf.int32),
+  )
+  return aggregate, measurements
+
+
+class FlameFactory(gathered.GatheredAggregationFactory):
+  """Cluster, clip to the median norm, average, add Gaussian noise.
+
+  Use with `tff.learning.algorithms.build_unweighted_fed_avg(model_aggregator=
+  FlameFactory())`, or `FlameFactory().as_weighted()` with
+  `build_weighted_fed_avg` (admitted clients are averaged equally). In the
+  paper's model space (`clustering_space='model'`) it needs the global model:
+  use `tff_flame.build_flame_fed_avg`, or `create_gathered(value_type)` whose
+  `next` also takes it.
+  """
+
+  def __init__(self,
+               noise_lambda: float = 0.001,
+               min_cluster_size: Optional[int] = None,
+               min_samples: int = 1,
+               seed: int = 0,
+               max_clients: int = 1000,
+               clustering_space: str = 'update'):
+    """Args:
+      noise_lambda: sigma = noise_lambda * S_t (0.001 image tasks, 0.01 IoT in
+        the paper; see `noise_lambda_from_privacy`).
+      min_cluster_size: HDBSCAN's minimum cluster size; None = n // 2 + 1.
+      min_samples: HDBSCAN's min_samples (the paper's implementation uses 1).
+      seed: seeds the noise; the round number is folded in through the state.
+      max_clients: most clients per round (the server gathers them all).
+      clustering_space: 'update' clusters the updates delta_i (what a TFF
+        aggregator receives); 'model' clusters the local models G - delta_i
+        and needs the global model.
+    """
+    super().__init__(max_clients=max_clients)
+    if not noise_lambda >= 0:
+      raise ValueError(f'noise_lambda must be >= 0, got {noise_lambda!r}.')
+    if min_cluster_size is not None and (not isinstance(min_cluster_size, int) or
+                                         min_cluster_size < 2):
+      raise ValueError(f'min_cluster_size must be None or an int >= 2, got {min_cluster_size!r}.')
+    if not isinstance(min_samples, int) or min_samples < 1:
+      raise ValueError(f'min_samples must be an int >= 1, got {min_samples!r}.')
+    if clustering_space not in CLUSTERING_SPACES:
+      raise ValueError(f'clustering_space must be one of {CLUSTERING_SPACES}, '
+                       f'got {clustering_space!r}.')
+    self._noise_lambda = float(noise_lambda)
+    self._min_cluster_size = min_cluster_size
+    self._min_samples = min_samples
+    self._seed = int(seed)
+    self._clustering_space = clustering_space
+
+  @property
+  def clustering_space(self) -> str:
+    return self._clustering_space
+
+  @property
+  def requires_global_model(self) -> bool:
+    return self._clustering_space == 'model'
+
+  def as_weighted(self) -> tff.aggregators.WeightedAggregationFactory:
+    """The same aggregator for `build_weighted_fed_avg`; client weights are ignored."""
+    return tff.aggregators.as_weighted_aggregator(self)
+
+  def initial_state(self):
+    return collections.OrderedDict(
+        seed=tf.constant(self._seed, tf.int64), round_num=tf.constant(0, tf.int64))
+
+  def server_step(self, state, updates, global_model):
+    seed = tf.stack([state['seed'], state['round_num']])
+    aggregate, measurements = flame_round(
+        updates, seed, self._noise_lambda, self._min_cluster_size, self._min_samples,
+        global_model=global_model, labels_fn=clustering.hdbscan_labels)
+    new_state = collections.OrderedDict(seed=state['seed'], round_num=state['round_num'] + 1)
+    return new_state, aggregate, measurements

@@ -1,0 +1,222 @@
+"""Robust-aggregation baselines: Krum / Multi-Krum, coordinate median, trimmed mean,
+and a non-finite filter for TFF's own clipping and DP factories.
+
+Krum and Multi-Krum (Blanchard et al. 2017), the coordinate-wise median and
+trimmed mean (Yin et al. 2018) are gathering factories like FLAME, with their
+math as pure TF functions on the stacked [n, d] updates; rows with NaN or Inf
+are left out, as in FLAME. `NonFiniteFilterFactory` screens client values in
+front of a factory that has no such guard (norm bounding, weak DP).
+"""
+
+import collections
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_flame import gathered
+from tff_flame import stacked_ops
+
+
+def krum_scores(x: tf.Tensor, num_byzantine: int):
+  """Krum scores: sum of squared distances to the n - f - 2 nearest other rows.
+
+  Returns (scores [n], neighbours used, assumption_holds) where the
+  neighbour count is clamped to [1, n - 1] when n <= 2f + 2 (Krum's
+  assumption n > 2f + 2 fails; `assumption_holds` is then False).
+  """
+  n = tf.shape(x)[0]
+  wanted = n - num_byzantine - 2
+  k = tf.clip_by_value(wanted, 1, tf.maximum(n - 1, 1))
+  d = stacked_ops.squared_distances(x)
+  # Exclude the row itself: push the diagonal past every real distance.
+  d = tf.linalg.set_diag(d, tf.fill([n], tf.constant(float('inf'), tf.float64)))
+  nearest = tf.sort(d, axis=1)[:, :k]
+  return tf.reduce_sum(nearest, axis=1), k, wanted >= 1
+
+
+def krum_round(updates: tf.Tensor, num_byzantine: int, num_selected=None):
+  """Mean of the `num_selected` lowest-score finite updates (1: Krum; None: n - f)."""
+  n = tf.shape(updates)[0]
+  finite, index, rows = stacked_ops.finite_subset(updates)
+  m = tf.shape(rows)[0]
+  scores, k, holds = krum_scores(rows, num_byzantine)
+  select = tf.maximum(m - num_byzantine, 1) if num_selected is None else tf.constant(num_selected)
+  select = tf.minimum(select, m)
+  chosen = tf.argsort(scores, stable=True)[:select]
+  aggregate = tf.cond(m > 0, lambda: tf.reduce_mean(tf.gather(rows, chosen), axis=0),
+                      lambda: tf.zeros([tf.shape(updates)[1]], updates.dtype))
+  chosen_rows = tf.gather(index, chosen)
+  admitted = tf.scatter_nd(chosen_rows[:, tf.newaxis], tf.ones_like(chosen_rows), [n])
+  all_scores = tf.tensor_scatter_nd_update(
+      tf.fill([n], tf.constant(float('nan'), tf.float64)), index[:, tf.newaxis], scores)
+  measurements = collections.OrderedDict(
+      num_clients=n, num_admitted=tf.reduce_sum(admitted),
+      num_non_finite=n - m, admitted=admitted, scores=all_scores,
+      neighbours=k, assumption_holds=tf.cast(holds, tf.int32))
+  return aggregate, measurements
+
+
+def trimmed_mean(x: tf.Tensor, trim_fraction: float) -> tf.Tensor:
+  """Per-coordinate mean after dropping floor(beta * n) largest and smallest values."""
+  n = tf.shape(x)[0]
+  cut = tf.cast(tf.floor(trim_fraction * tf.cast(n, tf.float64)), tf.int32)
+  return tf.reduce_mean(tf.sort(x, axis=0)[cut:n - cut], axis=0)
+
+
+def coordinate_round(updates: tf.Tensor, statistic):
+  """A per-coordinate statistic over the finite updates; every finite client counts as admitted."""
+  n = tf.shape(updates)[0]
+  finite, _, rows = stacked_ops.finite_subset(updates)
+  m = tf.shape(rows)[0]
+  aggregate = tf.cond(m > 0, lambda: statistic(rows),
+                      lambda: tf.zeros([tf.shape(updates)[1]], updates.dtype))
+  measurements = collections.OrderedDict(
+      num_clients=n, num_admitted=m, num_non_finite=n - m, admitted=tf.cast(finite, tf.int32))
+  return aggregate, measurements
+
+
+class KrumFactory(gathered.GatheredAggregationFactory):
+  """Averages the `num_selected` updates with the lowest Krum scores.
+
+  `num_selected=1` is Krum; `None` is Multi-Krum with m = n - f. When
+  n <= 2f + 2 the neighbour count is clamped to >= 1 and the measurement
+  `assumption_holds` is 0; the round still runs.
+  """
+
+  def __init__(self, num_byzantine: int, num_selected: Optional[int] = 1,
+               max_clients: int = 1000):
+    super().__init__(max_clients=max_clients)
+    if not isinstance(num_byzantine, int) or num_byzantine < 0:
+      raise ValueError(f'num_byzantine must be an int >= 0, got {num_byzantine!r}.')
+    if num_selected is not None and (not isinstance(num_selected, int) or num_selected < 1):
+      raise ValueError(f'num_selected must be None or an int >= 1, got {num_selected!r}.')
+    self._num_byzantine = num_byzantine
+    self._num_selected = num_selected
+
+  def initial_state(self):
+    return ()
+
+  def server_step(self, state, updates, global_model):
+    aggregate, measurements = krum_round(updates, self._num_byzantine,
+                                                    self._num_selected)
+    return state, aggregate, measurements
+
+
+class CoordinateMedianFactory(gathered.GatheredAggregationFactory):
+  """The per-coordinate median of the finite client updates."""
+
+  def initial_state(self):
+    return ()
+
+  def server_step(self, state, updates, global_model):
+    aggregate, measurements = coordinate_round(updates, stacked_ops.median)
+    return state, aggregate, measurements
+
+
+class TrimmedMeanFactory(gathered.GatheredAggregationFactory):
+  """Per coordinate, drops the floor(beta * n) largest and smallest values, then averages."""
+
+  def __init__(self, trim_fraction: float = 0.2, max_clients: int = 1000):
+    super().__init__(max_clients=max_clients)
+    if not 0.0 <= trim_fraction < 0.5:
+      raise ValueError(f'trim_fraction must be in [0, 0.5), got {trim_fraction!r}.')
+    self._trim_fraction = float(trim_fraction)
+
+  def initial_state(self):
+    return ()
+
+  def server_step(self, state, updates, global_model):
+    aggregate, measurements = coordinate_round(
+        updates, lambda x: trimmed_mean(x, self._trim_fraction))
+    return state, aggregate, measurements
+
+
+def _all_finite(value) -> tf.Tensor:
+  leaves = gathered.leaves_of(value)
+  return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in leaves]))
+
+
+def _zeros_unless(finite: tf.Tensor, value):
+  fn = lambda x: tf.where(finite, x, tf.zeros_like(x))
+  if isinstance(value, tff.structure.Struct):
+    return tff.structure.map_structure(fn, value)
+  return tf.nest.map_structure(fn, value)
+
+
+class NonFiniteFilterFactory(tff.aggregators.UnweightedAggregationFactory):
+  """An unweighted factory that drops non-finite client values before `inner`.
+
+  TFF's clipping and DP factories clip with `tf.clip_by_global_norm`, which
+  turns a client value holding NaN or Inf into NaN, and one such client makes
+  the whole aggregate NaN. This wrapper screens each client value at the
+  client: a value with any non-finite entry is replaced by zeros and given
+  weight 0, then handed to the inner factory.
+
+  * Weighted inner factory (e.g. `clipping_factory(c, tff.aggregators.MeanFactory())`):
+    the weight is 1 for a finite value and 0 otherwise, so a weighted mean
+    leaves the non-finite clients out entirely (numerator and denominator).
+  * Unweighted inner factory (e.g. `DifferentiallyPrivateFactory`): the zeroed
+    value adds nothing to a sum; a mean that divides by a fixed denominator
+    (DP's `clients_per_round`) is unchanged by design.
+
+  Measurements: `num_clients`, `num_non_finite` and the inner factory's
+  measurements under `inner_name`.
+  """
+
+  def __init__(self, inner: tff.aggregators.AggregationFactory, inner_name: str = 'inner'):
+    if not isinstance(inner, (tff.aggregators.UnweightedAggregationFactory,
+                              tff.aggregators.WeightedAggregationFactory)):
+      raise TypeError(f'inner must be a TFF aggregation factory, got {inner!r}.')
+    if not isinstance(inner_name, str) or not inner_name.isidentifier() or inner_name in (
+        'num_clients', 'num_non_finite'):
+      raise ValueError(f'inner_name must be an identifier other than num_clients and '
+                       f'num_non_finite, got {inner_name!r}.')
+    self._inner = inner
+    self._inner_name = inner_name
+
+  @property
+  def inner(self) -> tff.aggregators.AggregationFactory:
+    return self._inner
+
+  def create(self, value_type) -> tff.templates.AggregationProcess:
+    gathered.check_value_type(value_type)
+    weighted = isinstance(self._inner, tff.aggregators.WeightedAggregationFactory)
+    if weighted:
+      inner_process = self._inner.create(value_type, tff.TensorType(np.float32))
+    else:
+      inner_process = self._inner.create(value_type)
+
+    @tff.tensorflow.computation(value_type)
+    def screen(value):
+      finite = _all_finite(value)
+      return _zeros_unless(finite, value)
+
+    @tff.tensorflow.computation(value_type)
+    def finite_weight(value):
+      return tf.cast(_all_finite(value), tf.float32)
+
+    @tff.tensorflow.computation(value_type)
+    def non_finite_count(value):
+      return tf.cast(tf.logical_not(_all_finite(value)), tf.int32)
+
+    state_type = inner_process.initialize.type_signature.result
+    inner_name = self._inner_name
+
+    @tff.federated_computation(state_type, tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      safe = tff.federated_map(screen, value)
+      if weighted:
+        output = inner_process.next(state, safe, tff.federated_map(finite_weight, value))
+      else:
+        output = inner_process.next(state, safe)
+      measurements = collections.OrderedDict([
+          ('num_clients', tff.federated_sum(tff.federated_value(np.int32(1), tff.CLIENTS))),
+          ('num_non_finite', tff.federated_sum(tff.federated_map(non_finite_count, value))),
+          (inner_name, output.measurements),
+      ])
+      return tff.templates.MeasuredProcessOutput(
+          output.state, output.result, tff.federated_zip(measurements))
+
+    return tff.templates.AggregationProcess(inner_process.initialize, next_fn)
