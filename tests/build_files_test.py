@@ -12,7 +12,7 @@ import re
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = ('tff_flame', 'experiments', 'tasks', 'tests', 'benchmarks')
+PACKAGES = ('tff_flame', 'experiments', 'tasks', 'tests', 'benchmarks', 'tools')
 RULES = ('py_library', 'py_test', 'py_binary')
 
 

@@ -162,3 +162,14 @@ def test_rejects_bad_parameters():
     clustering.hdbscan_labels(np.zeros((3, 3)), 1)
   with pytest.raises(ValueError, match='min_samples'):
     clustering.hdbscan_labels(np.zeros((3, 3)), 2, 0)
+
+
+def test_float32_and_float64_distances_give_the_same_labels():
+  """Updates are float32, so their distance matrices may be too."""
+  rng = np.random.default_rng(7)
+  points = np.concatenate([rng.normal(size=(7, 4)), 5 + rng.normal(size=(4, 4))])
+  d = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
+  want = clustering.hdbscan_labels(tf.constant(d, tf.float64), 6, 1).numpy()
+  got = clustering.hdbscan_labels(tf.constant(d.astype(np.float32)), 6, 1).numpy()
+  np.testing.assert_array_equal(got, want)
+  assert same_partition(hdbscan_labels_numpy(d, 6, 1), got)

@@ -1,0 +1,97 @@
+"""Regenerates every BUILD file from the imports of the Python sources.
+
+  .venv/bin/python tools/update_build_files.py
+
+One target per module: py_test for *_test.py, py_binary for entry points,
+py_library otherwise; deps are the project modules and pinned packages each
+file imports. `tests/build_files_test.py` checks the result against the tree.
+"""
+import ast
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PACKAGES = ('tff_flame', 'experiments', 'tasks', 'tests', 'benchmarks', 'tools')
+THIRD = {'numpy': 'numpy', 'tensorflow': 'tensorflow', 'tensorflow_federated': 'tensorflow-federated',
+         'absl': 'absl-py', 'pytest': 'pytest', 'hdbscan': 'hdbscan', 'sklearn': 'scikit-learn',
+         'matplotlib': 'matplotlib', 'pandas': 'pandas', 'scipy': 'scipy', 'psutil': 'psutil'}
+files = sorted(p for pkg in PACKAGES for p in (REPO / pkg).glob('**/*.py') if '.venv' not in p.parts)
+modules = {p.relative_to(REPO).as_posix()[:-3].replace('/', '.').removesuffix('.__init__'): p for p in files}
+# tests dir modules importable by basename (conftest, oracles)
+test_basenames = {'conftest': 'tests.conftest', 'oracles': 'tests.oracles'}
+
+def label_of(mod):
+  p = modules[mod]
+  pkg = p.parent.relative_to(REPO).as_posix()
+  name = p.stem if p.stem != '__init__' else p.parent.name
+  return pkg, name
+
+def deps_of(path):
+  tree = ast.parse(path.read_text())
+  local, third = set(), set()
+  for node in ast.walk(tree):
+    names = []
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      cand = [f'{node.module}.{a.name}' for a in node.names]
+      names = [c for c in cand if c in modules]
+      if len(names) < len(cand):
+        names.append(node.module)
+    for n in names:
+      top = n.split('.')[0]
+      if n in test_basenames:
+        local.add(test_basenames[n]); continue
+      if top in PACKAGES:
+        while n not in modules and '.' in n:
+          n = n.rsplit('.', 1)[0]
+        if n in modules:
+          local.add(n)
+      elif top in THIRD:
+        third.add(THIRD[top])
+  return local, third
+
+def main() -> None:
+  by_pkg = {}
+  for mod, p in modules.items():
+    pkg, name = label_of(mod)
+    by_pkg.setdefault(pkg, []).append((name, mod, p))
+
+  for pkg, entries in sorted(by_pkg.items()):
+    kinds = set()
+    blocks = []
+    for name, mod, p in sorted(entries):
+      local, third = deps_of(p)
+      src = p.name
+      is_test = p.name.endswith('_test.py')
+      is_bin = (not is_test) and "if __name__ == '__main__'" in p.read_text() and pkg != 'experiments' or (pkg == 'experiments' and name == 'run')
+      if pkg == 'experiments' and name == 'config':
+        is_bin = False
+      kind = 'py_test' if is_test else 'py_binary' if is_bin else 'py_library'
+      kinds.add(kind)
+      deps = []
+      if is_test and mod != 'tests.conftest':
+        local.add('tests.conftest')
+      for m in sorted(local):
+        if m == mod: continue
+        dpkg, dname = label_of(m)
+        deps.append(f'":{dname}"' if dpkg == pkg else f'"//{dpkg}:{dname}"')
+      deps = sorted(deps, key=lambda d: (not d.startswith('":'), d))
+      deps += [f'requirement("{t}")' for t in sorted(third)]
+      lines = [f'{kind}(', f'    name = "{name}",', f'    srcs = ["{src}"],']
+      if kind == 'py_binary':
+        lines.append(f'    main = "{src}",')
+      if kind == 'py_test':
+        lines.append('    size = "medium",')
+      if deps:
+        lines.append('    deps = [')
+        lines += [f'        {d},' for d in deps]
+        lines.append('    ],')
+      lines.append(')')
+      blocks.append('\n'.join(lines))
+    head = f'load("@rules_python//python:defs.bzl", {", ".join(repr(k).replace(chr(39), chr(34)) for k in sorted(kinds))})\nload("@pypi//:requirements.bzl", "requirement")\n\npackage(default_visibility = ["//visibility:public"])\n\nlicenses(["notice"])\n'
+    (REPO / pkg / 'BUILD').write_text(head + '\n' + '\n\n'.join(blocks) + '\n')
+    print('wrote', pkg + '/BUILD')
+
+
+if __name__ == '__main__':
+  main()
