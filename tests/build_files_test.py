@@ -1,13 +1,15 @@
 """BUILD files stay true: every source in one target, listed files exist, deps resolve.
 
-The BUILD files follow TFF's research code (py_library / py_test / py_binary).
-Bazel cannot fetch its rules offline here, so this test evaluates them as the
-Starlark subset they are and checks them against the tree and its imports.
+The BUILD files follow TFF's research code (py_library / py_test / py_binary)
+and `bazel test //...` runs them offline (WORKSPACE, .bazelrc, README). This
+test is the fast check without Bazel: it evaluates them as the Starlark subset
+they are and checks them against the tree and its imports.
 """
 
 import ast
 import pathlib
 import re
+import sys
 
 import pytest
 
@@ -18,25 +20,31 @@ RULES = ('py_library', 'py_test', 'py_binary')
 
 def load_targets():
   """{'//pkg:name': {'srcs': [...], 'deps': [...], 'package': 'pkg'}} over all BUILD files."""
-  targets = {}
+  targets, exported = {}, set()
   for build in sorted(REPO.glob('**/BUILD')):
-    if '.venv' in build.parts:
-      continue
+    rel = build.relative_to(REPO).parts
+    if '.venv' in rel or rel[0] == 'third_party' or rel[0].startswith('bazel-'):
+      continue  # third_party/bazel/ holds the offline stand-ins of external repositories
     package = build.parent.relative_to(REPO).as_posix()
     package = '' if package == '.' else package
 
     def rule(kind, package=package, build=build):
-      def define(name, srcs=(), deps=(), **unused):
+      def define(name, srcs=(), deps=(), data=(), tags=(), **unused):
         label = f'//{package}:{name}'
         assert label not in targets, f'{build}: duplicate target {name}'
-        targets[label] = dict(kind=kind, srcs=list(srcs), deps=list(deps), package=package,
-                              build=build)
+        targets[label] = dict(kind=kind, srcs=list(srcs), deps=list(deps), data=list(data),
+                              tags=list(tags), package=package, build=build)
       return define
 
     namespace = {kind: rule(kind) for kind in RULES}
     namespace.update(load=lambda *a, **k: None, package=lambda **k: None,
-                     licenses=lambda *a: None, requirement=lambda name: f'@pypi//{name}')
+                     licenses=lambda *a: None, requirement=lambda name: f'@pypi//{name}',
+                     exports_files=lambda files: exported.update(
+                         f'//{package}:{f}' for f in files))
     exec(compile(build.read_text(), str(build), 'exec'), namespace)  # pylint: disable=exec-used
+  for label, target in targets.items():
+    for item in target['data']:
+      assert item in exported and (REPO / item.split(':')[1]).is_file(), (label, item)
   return targets
 
 
@@ -142,3 +150,31 @@ def test_deps_have_no_cycles(targets):
 
   for label in targets:
     visit(label, [])
+
+
+def test_every_requirement_has_a_target_in_the_offline_pypi_stub(targets):
+  stub = (REPO / 'third_party/bazel/pypi/BUILD').read_text()
+  defined = set(re.findall(r'name = "([^"]+)"', stub))
+  used = {d[len('@pypi//'):] for t in targets.values() for d in t['deps']
+          if d.startswith('@pypi//')}
+  assert used <= defined, f'run tools/update_build_files.py: {sorted(used - defined)}'
+
+
+def test_every_test_runs_pytest_when_bazel_runs_it(targets):
+  """A py_test runs its file as __main__; without pytest.main it would pass, testing nothing."""
+  for label, target in targets.items():
+    if target['kind'] != 'py_test':
+      continue
+    for path in _src_paths(target):
+      tree = ast.parse((REPO / path).read_text())
+      mains = [n for n in tree.body if isinstance(n, ast.If) and "__name__ == '__main__'"
+               in ast.unparse(n.test) and 'pytest.main([__file__' in ast.unparse(n)]
+      assert mains, (f'{path} ({label}) needs '
+                     '`if __name__ == "__main__": sys.exit(pytest.main([__file__, ...]))`')
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parent
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

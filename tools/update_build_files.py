@@ -5,6 +5,14 @@
 One target per module: py_test for *_test.py, py_binary for entry points,
 py_library otherwise; deps are the project modules and pinned packages each
 file imports. `tests/build_files_test.py` checks the result against the tree.
+
+Under `bazel test` (see WORKSPACE, .bazelrc) every target runs on the .venv
+interpreter; `requirement(name)` is an empty target of the offline `@pypi`
+stub, also written here. Tests that reach outside their runfiles are tagged:
+`local` when they spawn the interpreter on the checkout (subprocess) or read
+../shared/data (outside the workspace), so no sandbox stands in between;
+`external` when they read the whole checkout (build_files_test), so Bazel never
+serves a cached result for them.
 """
 import ast
 import pathlib
@@ -25,11 +33,21 @@ def label_of(mod):
   name = p.stem if p.stem != '__init__' else p.parent.name
   return pkg, name
 
+def imports_subprocess(tree):
+  return any(isinstance(n, ast.Import) and any(a.name == 'subprocess' for a in n.names)
+             for n in ast.walk(tree))
+
 def deps_of(path):
-  tree = ast.parse(path.read_text())
+  text = path.read_text()
+  tree = ast.parse(text)
   local, third = set(), set()
+  spawns = imports_subprocess(tree)
   for node in ast.walk(tree):
     names = []
+    # `sys.executable -m experiments.run` in a subprocess: the module is a dep too.
+    if (spawns and isinstance(node, ast.Constant) and isinstance(node.value, str)
+        and '.' in node.value and node.value in modules):
+      local.add(node.value)
     if isinstance(node, ast.Import):
       names = [a.name for a in node.names]
     elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -80,8 +98,23 @@ def main() -> None:
       lines = [f'{kind}(', f'    name = "{name}",', f'    srcs = ["{src}"],']
       if kind == 'py_binary':
         lines.append(f'    main = "{src}",')
+      if mod in test_basenames.values():
+        # Tests import these by basename, as pytest puts tests/ on sys.path.
+        lines.append('    imports = ["."],')
       if kind == 'py_test':
+        text = p.read_text()
+        data = ['//:README.md'] if "'README.md'" in text else []
+        tags = []
+        if imports_subprocess(ast.parse(text)) or "'shared'" in text:
+          tags.append('local')
+        if "glob('**/BUILD')" in text:
+          tags.append('external')
         lines.append('    size = "medium",')
+        lines.append('    timeout = "long",')
+        if data:
+          lines.append(f'    data = [{", ".join(chr(34) + d + chr(34) for d in data)}],')
+        if tags:
+          lines.append(f'    tags = [{", ".join(chr(34) + t + chr(34) for t in tags)}],')
       if deps:
         lines.append('    deps = [')
         lines += [f'        {d},' for d in deps]
@@ -91,6 +124,23 @@ def main() -> None:
     head = f'load("@rules_python//python:defs.bzl", {", ".join(repr(k).replace(chr(39), chr(34)) for k in sorted(kinds))})\nload("@pypi//:requirements.bzl", "requirement")\n\npackage(default_visibility = ["//visibility:public"])\n\nlicenses(["notice"])\n'
     (REPO / pkg / 'BUILD').write_text(head + '\n' + '\n\n'.join(blocks) + '\n')
     print('wrote', pkg + '/BUILD')
+
+  (REPO / 'BUILD').write_text(
+      'package(default_visibility = ["//visibility:public"])\n\nlicenses(["notice"])\n\n'
+      '# tests/experiments/config_test.py checks the flag table in the README.\n'
+      'exports_files(["README.md"])\n')
+  print('wrote BUILD')
+
+  pypi = ['# Written by tools/update_build_files.py. The packages come from the .venv',
+          '# interpreter that runs every target (python.sh, .bazelrc --python_top): one empty',
+          '# target per package the sources import, named as in requirements.txt.', '']
+  pypi += ['py_runtime(', '    name = "python",', '    interpreter = "python.sh",',
+           '    python_version = "PY3",', '    visibility = ["//visibility:public"],', ')', '']
+  for name in sorted(set(THIRD.values())):
+    pypi += ['py_library(', f'    name = "{name}",', '    visibility = ["//visibility:public"],',
+             ')', '']
+  (REPO / 'third_party/bazel/pypi/BUILD').write_text('\n'.join(pypi[:-1]) + '\n')
+  print('wrote third_party/bazel/pypi/BUILD')
 
 
 if __name__ == '__main__':

@@ -1,6 +1,8 @@
 """The grid report: aggregation of finished cells, the table, resuming."""
 
 import json
+import pathlib
+import sys
 
 import pytest
 
@@ -36,3 +38,10 @@ def test_finished_cells_are_not_run_again(tmp_path):
                                                         backdoor_accuracy=0.0)])
   cell, seconds, status = defense_grid.run_cell(tmp_path, 'digits', 'none', 'flame', 0, [])
   assert status == 'cached' and seconds == 0.0
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

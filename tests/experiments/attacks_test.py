@@ -1,7 +1,9 @@
 """Attacks as hooks in the client work: each attack changes only what it should."""
 
 import numpy as np
+import pathlib
 import pytest
+import sys
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -106,3 +108,10 @@ def test_models_with_sparse_gradients_train():
   assert flag == 0
   assert (np.abs(embedding_update[:5]).sum(axis=1) > 0).all()  # looked-up rows moved
   np.testing.assert_array_equal(embedding_update[5], 0.0)  # row 5 was never looked up
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

@@ -2,6 +2,7 @@
 
 import dataclasses
 import pathlib
+import sys
 
 import pytest
 from absl import flags
@@ -55,3 +56,10 @@ def test_readme_flag_table_is_generated_from_the_config():
   assert table in readme, ('README.md flag table is out of date; regenerate it with '
                            '`python -m experiments.config`:\n' + table)
   assert readme.count('| flag | default | meaning |') == 1  # no second, stale flag table
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

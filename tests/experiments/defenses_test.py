@@ -1,7 +1,9 @@
 """Defenses by name, and exact TPR/TNR from ground-truth flags carried with the updates."""
 
 import numpy as np
+import pathlib
 import pytest
+import sys
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -85,3 +87,10 @@ def test_registry_rejects_bad_names_and_parameters():
     defenses.build_aggregator('krum', num_byzantine=-1)
   with pytest.raises(ValueError, match='norm_bound'):
     defenses.build_aggregator('norm_bounding', norm_bound=0.0)
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

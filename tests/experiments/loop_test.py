@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -109,3 +111,10 @@ def test_the_initial_model_is_fixed_by_the_seed(task):
     weights.append(process.get_model_weights(process.initialize()).trainable)
   np.testing.assert_array_equal(weights[0][0], weights[1][0])
   assert not np.array_equal(weights[0][0], weights[2][0])
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from experiments import tff_worker
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -58,3 +60,10 @@ def test_bad_data_file_fails_before_training_and_names_the_file(tmp_path):
               f'--output_dir={out_dir}'])
   assert out.returncode == 2 and '--shakespeare_text' in out.stderr
   assert not out_dir.exists()
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from experiments import tff_worker
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -41,3 +43,10 @@ def test_importing_the_harness_starts_no_worker():
           'print("ok")\n')
   out = _run(['-c', code], timeout=300)
   assert out.returncode == 0 and out.stdout.strip().endswith('ok'), out.stderr[-3000:]
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

@@ -1,7 +1,9 @@
 """Digits task: stratified split, Dirichlet clients, DBA corner trigger, accuracies, model."""
 
 import numpy as np
+import pathlib
 import pytest
+import sys
 import tensorflow as tf
 
 from tasks import digits
@@ -126,3 +128,10 @@ def test_digits_model_learns_main_task_and_backdoor(digits_task):
   model.fit(x, y, epochs=15, batch_size=64, verbose=0)
   assert digits_task.main_accuracy(model) > 0.85
   assert digits_task.backdoor_accuracy(model) > 0.8
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

@@ -1,6 +1,8 @@
 """EMNIST loader: reads TFF's SQLite file offline, trigger, poisoning, model size."""
 
+import pathlib
 import sqlite3
+import sys
 
 import numpy as np
 import pytest
@@ -81,3 +83,10 @@ def test_emnist_loader_reads_tff_sqlite_offline(tmp_path, no_download):
 def test_emnist_loader_without_cached_file_would_download(tmp_path, no_download):
   with pytest.raises(AssertionError, match='emnist_all.sqlite.lzma'):
     emnist.load_emnist_task(str(tmp_path / 'empty'))
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

@@ -1,7 +1,9 @@
 """Shared image pieces: Dirichlet partition and the 28x28 CNN (TFF's FedAvg CNN)."""
 
 import numpy as np
+import pathlib
 import pytest
+import sys
 
 from tasks import images
 
@@ -24,3 +26,10 @@ def test_emnist_model_is_tff_fedavg_cnn():
     assert ours.count_params() == tff_model.count_params()
     assert [w.shape for w in ours.weights] == [w.shape for w in tff_model.weights]
   assert images.create_emnist_cnn(10).count_params() == 1_663_370
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

@@ -2,6 +2,7 @@
 
 import re
 from pathlib import Path
+import sys
 
 import numpy as np
 import pytest
@@ -221,3 +222,10 @@ def test_real_sample_loads_and_backdoor_is_learnable():
             verbose=0)
   assert task.main_accuracy(clean) > 0.95
   assert task.backdoor_accuracy(clean) < 0.5
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

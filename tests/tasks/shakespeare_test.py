@@ -4,6 +4,7 @@ import collections
 import re
 import sqlite3
 from pathlib import Path
+import sys
 
 import numpy as np
 import pytest
@@ -274,3 +275,10 @@ def test_tinyshakespeare_integration():
   all_y = np.concatenate([y for _, y in task.client_data])
   assert not np.any(all_y == sh.OOV_ID)
   assert len(task.backdoor_test_data[0]) == len(x_test)  # nobody says 'the king is dead'
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

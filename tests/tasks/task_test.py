@@ -1,7 +1,9 @@
 """Shared accuracy and row-selection helpers of `tasks.task`."""
 
 import numpy as np
+import pathlib
 import pytest
+import sys
 import tensorflow as tf
 
 from tasks import task
@@ -46,3 +48,10 @@ def test_check_trigger_part():
   for bad in (4, -1, 1.0):
     with pytest.raises(ValueError, match='trigger_part'):
       task.check_trigger_part(bad, 4)
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

@@ -1,5 +1,7 @@
 """TF-ops HDBSCAN against the `hdbscan` package on 500+ distance matrices."""
 
+import pathlib
+import sys
 import zlib
 
 import numpy as np
@@ -173,3 +175,10 @@ def test_float32_and_float64_distances_give_the_same_labels():
   got = clustering.hdbscan_labels(tf.constant(d.astype(np.float32)), 6, 1).numpy()
   np.testing.assert_array_equal(got, want)
   assert same_partition(hdbscan_labels_numpy(d, 6, 1), got)
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

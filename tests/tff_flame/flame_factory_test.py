@@ -1,7 +1,9 @@
 """FlameFactory through TFF: plain process, FedAvg (unweighted, weighted, model space)."""
 
 import numpy as np
+import pathlib
 import pytest
+import sys
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -102,3 +104,10 @@ def test_model_space_sees_the_global_model():
   result = np.concatenate([np.asarray(out.result[0]).ravel(), np.asarray(out.result[1])])
   np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-6)
   assert out.measurements['num_admitted'] == admitted.sum()
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

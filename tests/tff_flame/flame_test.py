@@ -1,7 +1,9 @@
 """FLAME's round as TF ops against a NumPy + hdbscan re-computation."""
 
 import numpy as np
+import pathlib
 import pytest
+import sys
 import tensorflow as tf
 
 from oracles import flame_round_numpy
@@ -140,3 +142,10 @@ def test_noise_lambda_from_privacy():
     flame.noise_lambda_from_privacy(0.0, 1e-5)
   with pytest.raises(ValueError, match='delta'):
     flame.noise_lambda_from_privacy(1.0, 1.5)
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

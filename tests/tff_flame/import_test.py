@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HARNESS = ('experiments', 'tasks', 'benchmarks', 'matplotlib', 'hdbscan')
 
@@ -28,3 +30,10 @@ def test_the_public_names():
                'hdbscan_labels', 'noise_lambda_from_privacy'):
     assert hasattr(tff_flame, name), name
   assert not hasattr(tff_flame, 'build_aggregator')  # a harness name (experiments.defenses)
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

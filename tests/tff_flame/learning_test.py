@@ -1,7 +1,9 @@
 """FLAME in TFF's FedAvg builders and in `build_flame_fed_avg` (the paper's model space)."""
 
 import numpy as np
+import pathlib
 import pytest
+import sys
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -56,3 +58,10 @@ def test_build_flame_fed_avg_defaults_to_the_papers_model_space():
   assert out.metrics['aggregator']['num_clients'] == 5
   # The aggregator of a model-space process takes the global model at the server.
   assert len(process.next.type_signature.parameter) == 2
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))

@@ -1,7 +1,9 @@
 """Baseline defenses against NumPy re-computations, alone and through TFF."""
 
 import numpy as np
+import pathlib
 import pytest
+import sys
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -117,3 +119,10 @@ def test_non_finite_filter_leaves_nan_clients_out_of_tff_factories(name):
   np.testing.assert_allclose(_flat(out.result), ([0.6, 0.8, 0, 0, 0, 0, 0] + rows[1]) / 2,
                              rtol=1e-5)
   assert out.measurements['num_non_finite'] == 1
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))
