@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TFF_VERSION := 0.87.0
 ARGS ?=
 
-.PHONY: setup demo test benchmark clean
+.PHONY: setup demo test bazel-test benchmark clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests -q $(ARGS)
+
+# The same tests as Bazel targets, offline, on .venv's interpreter (WORKSPACE,
+# .bazelrc); needs Debian's bazel-bootstrap and bazel-rules-java.
+bazel-test: setup
+	bazel test //... $(ARGS)
 
 benchmark: setup
 	$(PY) -m benchmarks.flame_overhead $(ARGS)
