@@ -14,6 +14,10 @@ The key holds configuration, not code: after changing a model, a task's data
 or the training code, delete the cache folder.
 """
 
+# Postponed annotations: evaluating `tff.learning...` at import time would set up TFF's
+# default executor, whose __del__ prints a traceback when the binary exits early on a bad flag.
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
