@@ -166,7 +166,8 @@ def foolsgold_round(updates: tf.Tensor, history: Optional[tf.Tensor] = None,
   """FoolsGold's weighted mean of the finite updates; weights from `history` (default: `updates`).
 
   The aggregate is sum_i w_i u_i / sum_i w_i (zeros and `fallback = 1` when
-  every weight is 0). `admitted` is w_i > 0: a client with weight 0 adds
+  every weight is 0): a weighted mean, where the authors' code returns the
+  weighted sum and leaves the scale to its learning rate. `admitted` is w_i > 0: a client with weight 0 adds
   nothing to the model. Rows with NaN or Inf (in the update or its history)
   get weight 0 and are left out of the similarities.
   """
