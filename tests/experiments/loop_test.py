@@ -109,3 +109,11 @@ def test_the_initial_model_is_fixed_by_the_seed(task):
     weights.append(process.get_model_weights(process.initialize()).trainable)
   np.testing.assert_array_equal(weights[0][0], weights[1][0])
   assert not np.array_equal(weights[0][0], weights[2][0])
+
+
+def test_foolsgold_runs_end_to_end_with_rates(task, tmp_path):
+  summary = loop.run_experiment(task, config(defense='foolsgold', rounds=1), str(tmp_path),
+                                log=lambda s: None)
+  final = summary['final']
+  assert final['num_clients'] == 6 and 0 <= final['num_admitted'] <= 6
+  assert final['num_malicious'] == 2 and final['tpr'] is not None and final['tnr'] is not None
