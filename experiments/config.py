@@ -12,9 +12,9 @@ import dataclasses
 import typing
 from typing import Any, Optional, Sequence
 
-TASKS = ('digits', 'emnist', 'shakespeare', 'nbaiot')
+TASKS = ('digits', 'emnist', 'fashion_mnist', 'shakespeare', 'nbaiot')
 DEFENSES = ('none', 'flame', 'krum', 'multi_krum', 'median', 'trimmed_mean', 'norm_bounding',
-            'weak_dp')
+            'weak_dp', 'foolsgold')
 ATTACKS = ('none', 'data_poisoning', 'constrain_and_scale', 'pgd', 'dba')
 CLUSTERING_SPACES = ('update', 'model')
 
@@ -31,12 +31,18 @@ def param(default: Any, help: str, *, choices: Sequence[str] = (),  # pylint: di
 @dataclasses.dataclass
 class TaskConfig:
   """Which task and data; see `tasks.registry.load_task`."""
-  task: str = param('digits', '`digits`, `emnist`, `shakespeare` or `nbaiot`', choices=TASKS)
+  task: str = param('digits', '`digits`, `emnist`, `fashion_mnist`, `shakespeare` or `nbaiot`',
+                    choices=TASKS)
   num_clients: int = param(20, 'clients in the population (the most roles / writers for text '
                            'and EMNIST)', lower=1)
-  dirichlet_alpha: float = param(0.5, 'digits: non-IID label skew (smaller is more skewed)',
-                                 lower=1e-3)
+  dirichlet_alpha: float = param(0.5, 'digits, fashion_mnist: non-IID label skew (smaller is '
+                                 'more skewed)', lower=1e-3)
   emnist_cache_dir: Optional[str] = param(None, "emnist: TFF's cache folder")
+  fashion_mnist_dir: str = param('/usr/share/datasets/fashion-mnist', 'fashion_mnist: folder '
+                                 'of the IDX files (`apt-get install dataset-fashion-mnist`)')
+  fashion_mnist_train_examples: Optional[int] = param(
+      None, 'fashion_mnist: training images spread over the clients (a seeded random subset)',
+      lower=1, default_text='all 60,000')
   shakespeare_text: Optional[str] = param(None, "shakespeare: a play text in 'SPEAKER:' + "
                                           'lines format')
   shakespeare_cache_dir: Optional[str] = param(None, "shakespeare: TFF's cache folder (without "
@@ -78,7 +84,8 @@ class ExperimentConfig:
   server_learning_rate: float = param(1.0, 'server SGD learning rate', lower=0.0)
   noise_lambda: float = param(0.001, "FLAME's noise multiplier (the paper uses 0.01 for IoT)",
                               lower=0.0)
-  clustering_space: str = param('update', 'FLAME clusters `update`s or local `model`s',
+  clustering_space: str = param('model', 'FLAME clusters local `model`s (the paper) or '
+                                '`update`s',
                                 choices=CLUSTERING_SPACES)
   num_byzantine: Optional[int] = param(None, 'krum, multi_krum: f', lower=0,
                                        default_text='expected attackers per round')
@@ -86,6 +93,9 @@ class ExperimentConfig:
                                lower=0.0, upper=0.5, upper_exclusive=True)
   norm_bound: float = param(1.0, 'norm_bounding, weak_dp: L2 clip of each update', lower=1e-9)
   dp_noise_multiplier: float = param(0.01, 'weak_dp: noise stddev / norm_bound', lower=0.0)
+  foolsgold_kappa: float = param(1.0, 'foolsgold: confidence of the logit (kappa)', lower=1e-9)
+  pretrain_rounds: int = param(0, 'rounds of clean FedAvg (no attack, plain mean) run first and '
+                               'cached; the run starts from that model', lower=0)
   seed: int = param(0, 'data split, client sampling, attackers and noise')
 
   def validate(self, num_clients: int) -> None:
@@ -109,6 +119,8 @@ class ExperimentConfig:
 class OutputConfig:
   """Where a run writes its results."""
   output_dir: str = param('output/run', 'where `rounds.jsonl`, `summary.json`, `metrics.png` go')
+  pretrain_cache_dir: str = param('output/pretrain', 'where `--pretrain_rounds` checkpoints are '
+                                  'cached (shared by runs and grid cells)')
 
 
 CONFIG_CLASSES = (TaskConfig, ExperimentConfig, OutputConfig)

@@ -17,7 +17,8 @@ import tff_flame
 from experiments import config as config_lib
 
 DEFENSES = config_lib.DEFENSES
-FILTERING = ('flame', 'krum', 'multi_krum')
+# Defenses whose per-client `admitted` makes TPR/TNR meaningful (FoolsGold: weight > 0).
+FILTERING = ('flame', 'krum', 'multi_krum', 'foolsgold')
 
 
 def build_aggregator(name: str,
@@ -28,7 +29,8 @@ def build_aggregator(name: str,
                      trim_fraction: float = 0.2,
                      norm_bound: float = 1.0,
                      dp_noise_multiplier: float = 0.01,
-                     clients_per_round: Optional[int] = None
+                     clients_per_round: Optional[int] = None,
+                     foolsgold_kappa: float = 1.0
                      ) -> tff.aggregators.UnweightedAggregationFactory:
   """The named defense (see DEFENSES); ValueError names the bad argument."""
   if name == 'none':
@@ -44,6 +46,8 @@ def build_aggregator(name: str,
     return tff_flame.CoordinateMedianFactory()
   if name == 'trimmed_mean':
     return tff_flame.TrimmedMeanFactory(trim_fraction)
+  if name == 'foolsgold':
+    return tff_flame.FoolsGoldFactory(kappa=foolsgold_kappa)
   if not norm_bound > 0:
     raise ValueError(f'norm_bound must be > 0, got {norm_bound!r}.')
   if name == 'norm_bounding':
@@ -73,7 +77,7 @@ def defense_factory(config: config_lib.ExperimentConfig
       config.defense, noise_lambda=config.noise_lambda, clustering_space=config.clustering_space,
       seed=config.seed, num_byzantine=num_byzantine, trim_fraction=config.trim_fraction,
       norm_bound=config.norm_bound, dp_noise_multiplier=config.dp_noise_multiplier,
-      clients_per_round=config.clients_per_round)
+      clients_per_round=config.clients_per_round, foolsgold_kappa=config.foolsgold_kappa)
 
 
 def filter_rates(is_malicious: tf.Tensor, admitted: tf.Tensor) -> dict:

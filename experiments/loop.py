@@ -107,11 +107,13 @@ def _fmt(value) -> str:
 
 
 def run_experiment(task, config: ExperimentConfig, output_dir: str,
-                   log: Callable[[str], None] = logging.info) -> dict:
+                   log: Callable[[str], None] = logging.info, pretrained=None) -> dict:
   """Trains for `config.rounds`, evaluating MA/BA after each; returns the summary.
 
   Writes `rounds.jsonl` (one line per finished round), `summary.json` and
-  `metrics.png` into `output_dir`.
+  `metrics.png` into `output_dir`. With `pretrained` (an
+  `experiments.pretrain.Pretrained`) the run starts from its weights and the
+  summary records its MA/BA under `pretrain`.
   """
   num_clients = len(task.client_data)
   config.validate(num_clients)
@@ -121,6 +123,8 @@ def run_experiment(task, config: ExperimentConfig, output_dir: str,
   malicious = malicious_clients(num_clients, config.malicious_fraction, config.seed).tolist()
   process = build_process(task, config)
   state = process.initialize()
+  if pretrained is not None:
+    state = process.set_model_weights(state, pretrained.weights)
   keras_model = task.model_fn()
   rng = np.random.default_rng([config.seed, 2])
   start = time.monotonic()
@@ -149,7 +153,8 @@ def run_experiment(task, config: ExperimentConfig, output_dir: str,
         f"malicious {int(row['num_malicious'])}/{len(client_ids)}{admitted}")
   summary = dict(config=dataclasses.asdict(config), task=task.name,
                  num_clients=num_clients, malicious_clients=malicious,
-                 final=rows[-1] if rows else None, seconds=time.monotonic() - start)
+                 final=rows[-1] if rows else None, seconds=time.monotonic() - start,
+                 pretrain=None if pretrained is None else pretrained.summary())
   with open(os.path.join(output_dir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   plots.plot_rounds(rows, os.path.join(output_dir, 'metrics.png'),

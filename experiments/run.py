@@ -14,6 +14,7 @@ from absl import app
 
 from experiments import config as config_lib
 from experiments import loop
+from experiments import pretrain
 from experiments import tff_worker
 
 config_lib.define_flags()
@@ -26,7 +27,8 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   task_config = config_lib.from_flags(config_lib.TaskConfig)
   config = config_lib.from_flags(config_lib.ExperimentConfig)
-  output_dir = config_lib.from_flags(config_lib.OutputConfig).output_dir
+  output_config = config_lib.from_flags(config_lib.OutputConfig)
+  output_dir = output_config.output_dir
   try:
     task_config.validate()
     task = loop.load_task(task_config, seed=config.seed)
@@ -35,7 +37,9 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     return 2
   with tff_worker.local_worker():
-    summary = loop.run_experiment(task, config, output_dir, log=print)
+    pretrained = pretrain.load_or_train(task, task_config, config,
+                                        output_config.pretrain_cache_dir, log=print)
+    summary = loop.run_experiment(task, config, output_dir, log=print, pretrained=pretrained)
   final = summary['final']
   print(f"final: MA {final['main_accuracy']:.3f} BA {final['backdoor_accuracy']:.3f} "
         f'-> {output_dir}/rounds.jsonl, summary.json, metrics.png')

@@ -5,7 +5,7 @@ from typing import Optional
 
 from tasks import task
 
-TASKS = ('digits', 'emnist', 'shakespeare', 'nbaiot')
+TASKS = ('digits', 'emnist', 'fashion_mnist', 'shakespeare', 'nbaiot')
 
 
 def load_task(name: str,
@@ -13,6 +13,8 @@ def load_task(name: str,
               seed: int = 0,
               dirichlet_alpha: float = 0.5,
               emnist_cache_dir: Optional[str] = None,
+              fashion_mnist_dir: str = '/usr/share/datasets/fashion-mnist',
+              fashion_mnist_train_examples: Optional[int] = None,
               shakespeare_text: Optional[str] = None,
               shakespeare_cache_dir: Optional[str] = None,
               nbaiot_path: Optional[str] = None,
@@ -32,6 +34,11 @@ def load_task(name: str,
       raise ValueError('--task=emnist needs --emnist_cache_dir (TFF downloads the data there '
                        'once, or finds emnist_all.sqlite in it).')
     return emnist.load_emnist_task(emnist_cache_dir, num_clients=num_clients, seed=seed)
+  if name == 'fashion_mnist':
+    from tasks import fashion_mnist  # pylint: disable=g-import-not-at-top
+    return fashion_mnist.load_fashion_mnist_task(
+        fashion_mnist_dir, num_clients=num_clients, dirichlet_alpha=dirichlet_alpha, seed=seed,
+        train_examples=fashion_mnist_train_examples)
   if name == 'shakespeare':
     from tasks import shakespeare  # pylint: disable=g-import-not-at-top
     if shakespeare_text:

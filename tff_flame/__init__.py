@@ -11,12 +11,13 @@ from tff_flame.flame import noise_lambda_from_privacy
 from tff_flame.gathered import GatheredAggregationFactory
 from tff_flame.learning import build_flame_fed_avg
 from tff_flame.robust import CoordinateMedianFactory
+from tff_flame.robust import FoolsGoldFactory
 from tff_flame.robust import KrumFactory
 from tff_flame.robust import NonFiniteFilterFactory
 from tff_flame.robust import TrimmedMeanFactory
 
 __all__ = [
-    'CoordinateMedianFactory', 'FlameFactory', 'GatheredAggregationFactory', 'KrumFactory',
-    'NonFiniteFilterFactory', 'TrimmedMeanFactory', 'build_flame_fed_avg', 'hdbscan_labels',
+    'CoordinateMedianFactory', 'FlameFactory', 'FoolsGoldFactory', 'GatheredAggregationFactory',
+    'KrumFactory', 'NonFiniteFilterFactory', 'TrimmedMeanFactory', 'build_flame_fed_avg', 'hdbscan_labels',
     'noise_lambda_from_privacy',
 ]

@@ -1,10 +1,10 @@
 """Robust-aggregation baselines: Krum / Multi-Krum, coordinate median, trimmed mean,
-and a non-finite filter for TFF's own clipping and DP factories.
+FoolsGold, and a non-finite filter for TFF's own clipping and DP factories.
 
 Krum and Multi-Krum (Blanchard et al. 2017), the coordinate-wise median and
-trimmed mean (Yin et al. 2018) are gathering factories like FLAME, with their
-math as pure TF functions on the stacked [n, d] updates; rows with NaN or Inf
-are left out, as in FLAME. `NonFiniteFilterFactory` screens client values in
+trimmed mean (Yin et al. 2018) and FoolsGold (Fung et al. 2020) are gathering
+factories like FLAME, with their math as pure TF functions on the stacked
+[n, d] updates; rows with NaN or Inf are left out, as in FLAME. `NonFiniteFilterFactory` screens client values in
 front of a factory that has no such guard (norm bounding, weak DP).
 """
 
@@ -130,6 +130,95 @@ class TrimmedMeanFactory(gathered.GatheredAggregationFactory):
   def server_step(self, state, updates, global_model):
     aggregate, measurements = coordinate_round(
         updates, lambda x: trimmed_mean(x, self._trim_fraction))
+    return state, aggregate, measurements
+
+
+FOOLSGOLD_EPSILON = 1e-5
+
+
+def foolsgold_weights(history: tf.Tensor, kappa: float = 1.0) -> tf.Tensor:
+  """FoolsGold's per-client weights in [0, 1] (float64 [n]) from [n, d] histories.
+
+  Fung et al. 2020, Algorithm 1, as in the authors' code: cosine similarities
+  cs_ij between the rows (cs_ii = 0); v_i = max_j cs_ij (+ 1e-5); pardoning:
+  cs_ij *= v_i / v_j where v_i < v_j; alpha_i = 1 - max_j cs_ij clipped to
+  [0, 1]; alpha /= max(alpha), with 1 set to 0.99; logit
+  alpha_i = kappa * (ln(alpha_i / (1 - alpha_i) + 1e-5) + 0.5), clipped to
+  [0, 1]. When every alpha is 0 before the rescaling (all rows alike), every
+  weight is 0 (the authors' code divides by zero there).
+  """
+  n = tf.shape(history)[0]
+  cs = 1.0 - stacked_ops.cosine_distances(history)
+  cs = tf.linalg.set_diag(cs, tf.zeros([n], tf.float64))
+  v = tf.reduce_max(cs, axis=1) + FOOLSGOLD_EPSILON
+  pardon = v[:, tf.newaxis] < v[tf.newaxis, :]
+  cs = tf.where(pardon, cs * v[:, tf.newaxis] / v[tf.newaxis, :], cs)
+  alpha = tf.clip_by_value(1.0 - tf.reduce_max(cs, axis=1), 0.0, 1.0)
+  top = tf.reduce_max(alpha)
+  alpha = tf.where(top > 0.0, alpha / tf.where(top > 0.0, top, 1.0), 0.0)
+  alpha = tf.where(tf.equal(alpha, 1.0), tf.constant(0.99, tf.float64), alpha)
+  logit = kappa * (tf.math.log(alpha / (1.0 - alpha) + FOOLSGOLD_EPSILON) + 0.5)
+  return tf.clip_by_value(logit, 0.0, 1.0)
+
+
+def foolsgold_round(updates: tf.Tensor, history: Optional[tf.Tensor] = None,
+                    kappa: float = 1.0):
+  """FoolsGold's weighted mean of the finite updates; weights from `history` (default: `updates`).
+
+  The aggregate is sum_i w_i u_i / sum_i w_i (zeros and `fallback = 1` when
+  every weight is 0): a weighted mean, where the authors' code returns the
+  weighted sum and leaves the scale to its learning rate. `admitted` is w_i > 0: a client with weight 0 adds
+  nothing to the model. Rows with NaN or Inf (in the update or its history)
+  get weight 0 and are left out of the similarities.
+  """
+  n = tf.shape(updates)[0]
+  history = updates if history is None else history
+  finite = tf.logical_and(stacked_ops.finite_rows(updates), stacked_ops.finite_rows(history))
+  index = tf.cast(tf.where(finite)[:, 0], tf.int32)
+  m = tf.shape(index)[0]
+  finite_weights = tf.cond(m > 0, lambda: foolsgold_weights(tf.gather(history, index), kappa),
+                           lambda: tf.zeros([0], tf.float64))
+  weights = tf.scatter_nd(index[:, tf.newaxis], finite_weights, [n])
+  total = tf.reduce_sum(weights)
+  safe_updates = tf.where(finite[:, tf.newaxis], updates, tf.zeros_like(updates))
+  weighted_sum = tf.linalg.matvec(safe_updates, tf.cast(weights, updates.dtype), transpose_a=True)
+  aggregate = tf.where(total > 0.0,
+                       weighted_sum / tf.cast(tf.where(total > 0.0, total, 1.0), updates.dtype),
+                       tf.zeros_like(weighted_sum))
+  admitted = tf.cast(weights > 0.0, tf.int32)
+  measurements = collections.OrderedDict(
+      num_clients=n, num_admitted=tf.reduce_sum(admitted), num_non_finite=n - m,
+      admitted=admitted, weights=weights, fallback=tf.cast(total <= 0.0, tf.int32))
+  return aggregate, measurements
+
+
+class FoolsGoldFactory(gathered.GatheredAggregationFactory):
+  """FoolsGold (Fung et al. 2020): down-weights clients whose updates look alike.
+
+  Stateless, per round: the similarities are between this round's updates,
+  not between each client's sum of updates over all its rounds as in the
+  paper. A TFF aggregator does not learn which client sent which value
+  (clients are anonymous to the server and are gathered in no promised
+  order), so a history keyed by client cannot be kept by the factory alone;
+  with clients sampled per round a client's history would also be sparse.
+  Colluding attackers that share one objective in the same round (the case
+  FoolsGold targets) still look alike within that round. `foolsgold_round`
+  takes a separate `history` matrix, so a caller that does know the client
+  ids can pass the summed histories. The optional feature-importance
+  weighting of the paper is not used (the authors' default).
+  """
+
+  def __init__(self, kappa: float = 1.0, max_clients: int = 1000):
+    super().__init__(max_clients=max_clients)
+    if not kappa > 0:
+      raise ValueError(f'kappa must be > 0, got {kappa!r}.')
+    self._kappa = float(kappa)
+
+  def initial_state(self):
+    return ()
+
+  def server_step(self, state, updates, global_model):
+    aggregate, measurements = foolsgold_round(updates, kappa=self._kappa)
     return state, aggregate, measurements
 
 

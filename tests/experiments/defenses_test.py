@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from experiments import defenses
+import tff_flame
 from tff_flame import FlameFactory
 
 
@@ -87,6 +88,22 @@ def test_registry_rejects_bad_names_and_parameters():
     defenses.build_aggregator('krum', num_byzantine=-1)
   with pytest.raises(ValueError, match='norm_bound'):
     defenses.build_aggregator('norm_bounding', norm_bound=0.0)
+
+
+def test_foolsgold_tpr_tnr_from_flags():
+  rng = np.random.default_rng(2)
+  benign = rng.normal(size=(7, 7))
+  sybils = 3 * rng.normal(size=7) + 0.05 * rng.normal(size=(3, 7))
+  rows = np.concatenate([benign, sybils]).astype(np.float32)
+  flags = [0] * 7 + [1] * 3
+  config = defenses.config_lib.ExperimentConfig(defense='foolsgold', foolsgold_kappa=1.0)
+  factory = defenses.defense_factory(config)
+  assert isinstance(factory, tff_flame.FoolsGoldFactory) and 'foolsgold' in defenses.FILTERING
+  process = defenses.create_with_ground_truth(factory, tff.TensorType(np.float32, [7]))
+  m = process.next(process.initialize(), [(r, np.int32(f)) for r, f in zip(rows, flags)],
+                   np.zeros(7, np.float32)).measurements
+  assert m['num_malicious'] == 3 and m['tpr'] == 1.0
+  assert m['tnr'] == pytest.approx((np.asarray(m['weights']) > 0).sum() / 7)
 
 
 if __name__ == '__main__':

@@ -113,6 +113,14 @@ def test_the_initial_model_is_fixed_by_the_seed(task):
   assert not np.array_equal(weights[0][0], weights[2][0])
 
 
+def test_foolsgold_runs_end_to_end_with_rates(task, tmp_path):
+  summary = loop.run_experiment(task, config(defense='foolsgold', rounds=1), str(tmp_path),
+                                log=lambda s: None)
+  final = summary['final']
+  assert final['num_clients'] == 6 and 0 <= final['num_admitted'] <= 6
+  assert final['num_malicious'] == 2 and final['tpr'] is not None and final['tnr'] is not None
+
+
 if __name__ == '__main__':
   # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
   tests_dir = pathlib.Path(__file__).absolute().parents[1]

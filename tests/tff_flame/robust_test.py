@@ -121,6 +121,100 @@ def test_non_finite_filter_leaves_nan_clients_out_of_tff_factories(name):
   assert out.measurements['num_non_finite'] == 1
 
 
+def foolsgold_numpy(updates, kappa=1.0):
+  """FoolsGold's weighting as in the authors' NumPy code (loops and all), then the weighted mean."""
+  x = np.asarray(updates, np.float64)
+  n = len(x)
+  norms = np.linalg.norm(x, axis=1)
+  cs = np.zeros((n, n))
+  for i in range(n):
+    for j in range(n):
+      if i != j and norms[i] > 0 and norms[j] > 0:
+        cs[i, j] = x[i] @ x[j] / (norms[i] * norms[j])
+  maxcs = cs.max(axis=1) + 1e-5
+  for i in range(n):
+    for j in range(n):
+      if i != j and maxcs[i] < maxcs[j]:
+        cs[i][j] = cs[i][j] * maxcs[i] / maxcs[j]
+  wv = 1 - cs.max(axis=1)
+  wv[wv > 1] = 1
+  wv[wv < 0] = 0
+  if wv.max() == 0:
+    return np.zeros(x.shape[1]), np.zeros(n)
+  wv = wv / wv.max()
+  wv[wv == 1] = .99
+  wv = kappa * (np.log(wv / (1 - wv) + 1e-5) + 0.5)
+  wv[np.isinf(wv) | (wv > 1)] = 1
+  wv[wv < 0] = 0
+  if wv.sum() == 0:
+    return np.zeros(x.shape[1]), wv
+  return (wv[:, None] * x).sum(axis=0) / wv.sum(), wv
+
+
+def sybil_round(rng, n_benign=7, n_sybil=3, d=12):
+  benign = rng.normal(size=(n_benign, d))
+  target = rng.normal(size=d)
+  sybils = 3 * target + 0.05 * rng.normal(size=(n_sybil, d))
+  return np.concatenate([benign, sybils]).astype(np.float32)
+
+
+@pytest.mark.parametrize('seed,kappa', [(0, 1.0), (1, 1.0), (2, 0.5), (3, 2.0)])
+def test_foolsgold_matches_the_authors_numpy_weighting(seed, kappa):
+  rows = sybil_round(np.random.default_rng(seed))
+  aggregate, m = robust.foolsgold_round(tf.constant(rows), kappa=kappa)
+  expected, weights = foolsgold_numpy(rows, kappa)
+  np.testing.assert_allclose(m['weights'].numpy(), weights, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(aggregate.numpy(), expected, rtol=1e-4, atol=1e-6)
+  # The colluding sybils get weight 0; the benign clients keep some.
+  assert m['admitted'].numpy().tolist() == (weights > 0).astype(int).tolist()
+  assert m['admitted'].numpy()[7:].sum() == 0 and m['admitted'].numpy()[:7].sum() >= 1
+
+
+def test_foolsgold_pardons_and_handles_degenerate_rounds():
+  # Mixed signs and a zero row: compare every weight with the reference.
+  x = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [-1.0, 0.2, 0.0], [0.0, 0.0, 0.0],
+                [0.0, 1.0, 1.0]], np.float32)
+  _, m = robust.foolsgold_round(tf.constant(x))
+  np.testing.assert_allclose(m['weights'].numpy(), foolsgold_numpy(x)[1], rtol=1e-5, atol=1e-6)
+  # Identical updates: every weight is 0, no update.
+  same = np.ones((4, 3), np.float32)
+  aggregate, m = robust.foolsgold_round(tf.constant(same))
+  assert m['num_admitted'].numpy() == 0 and m['fallback'].numpy() == 1
+  np.testing.assert_array_equal(aggregate.numpy(), np.zeros(3))
+  # One client: admitted with weight 1.
+  aggregate, m = robust.foolsgold_round(tf.constant([[2.0, -1.0]]))
+  np.testing.assert_allclose(aggregate.numpy(), [2.0, -1.0])
+  assert m['weights'].numpy().tolist() == [1.0]
+  # Non-finite rows get weight 0 and stay out of the similarities.
+  rows = sybil_round(np.random.default_rng(5))
+  with_nan = np.concatenate([rows[:4], [[np.nan] * 12], rows[4:]]).astype(np.float32)
+  aggregate, m = robust.foolsgold_round(tf.constant(with_nan))
+  expected, weights = foolsgold_numpy(rows)
+  np.testing.assert_allclose(np.delete(m['weights'].numpy(), 4), weights, rtol=1e-5, atol=1e-6)
+  assert m['weights'].numpy()[4] == 0 and m['num_non_finite'].numpy() == 1
+  np.testing.assert_allclose(aggregate.numpy(), expected, rtol=1e-4, atol=1e-6)
+  # A separate history decides the weights; the updates are what gets averaged.
+  history = sybil_round(np.random.default_rng(6))
+  updates = np.random.default_rng(7).normal(size=history.shape).astype(np.float32)
+  aggregate, m = robust.foolsgold_round(tf.constant(updates), tf.constant(history))
+  weights = foolsgold_numpy(history)[1]
+  np.testing.assert_allclose(aggregate.numpy(), (weights[:, None] * updates).sum(0) / weights.sum(),
+                             rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match='kappa'):
+    tff_flame.FoolsGoldFactory(kappa=0.0)
+
+
+def test_foolsgold_through_tff():
+  rows = sybil_round(np.random.default_rng(8), d=7)
+  process = tff_flame.FoolsGoldFactory().create(VALUE_TYPE)
+  out = process.next(process.initialize(), _values(rows))
+  expected, weights = foolsgold_numpy(rows)
+  np.testing.assert_allclose(_flat(out.result), expected, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.sort(out.measurements['weights']), np.sort(weights),
+                             rtol=1e-5, atol=1e-6)
+  assert out.measurements['num_admitted'] == (weights > 0).sum()
+
+
 if __name__ == '__main__':
   # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
   tests_dir = pathlib.Path(__file__).absolute().parents[1]
