@@ -26,6 +26,7 @@ clients over them; only computations with a single logical aggregation can be
 split (every aggregator of this project qualifies). Nothing happens at import.
 """
 
+import atexit
 import contextlib
 import ctypes
 import importlib.util
@@ -53,9 +54,20 @@ def worker_binary_path() -> str:
   return path
 
 
-def _die_with_parent() -> None:  # Runs in the child between fork and exec.
-  libc = ctypes.CDLL(None, use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def _die_with_parent_fn():
+  """The `preexec_fn` that gives the child SIGKILL when its parent thread ends.
+
+  libc is loaded here, before the fork; the child only makes the call (and
+  exits if the parent is already gone, which the signal would miss).
+  """
+  prctl = ctypes.CDLL(None, use_errno=True).prctl
+  parent = os.getpid()
+
+  def die_with_parent():  # Runs in the child between fork and exec.
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+      os._exit(1)  # pylint: disable=protected-access
+  return die_with_parent
 
 
 def free_port() -> int:
@@ -75,7 +87,7 @@ def start_worker(port: Optional[int] = None, quiet: bool = True) -> tuple:
   process = subprocess.Popen(
       [worker_binary_path(), f'--port={port}'], stdin=subprocess.DEVNULL,
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None,
-      preexec_fn=_die_with_parent, start_new_session=True)
+      preexec_fn=_die_with_parent_fn(), start_new_session=True)
   _OWNED[process.pid] = process
   return process, f'localhost:{port}'
 
@@ -126,6 +138,26 @@ def _async_context(address: str, process: Optional[subprocess.Popen] = None,
       transform_result=tff.tensorflow.transform_result)
 
 
+_AT_EXIT_REGISTERED = []
+
+
+def _drop_tff_import_time_context() -> None:
+  """At exit, lets TFF's import-time local context go while modules still exist.
+
+  `import tensorflow_federated` installs a local context whose worker manager
+  has a `__del__` that, run at interpreter teardown, fails on the already
+  torn-down `subprocess` module and prints a traceback (whether or not it
+  ever started a worker). Replacing the default context in an `atexit`
+  hook collects it earlier, cleanly.
+  """
+  # pylint: disable=g-import-not-at-top
+  import gc
+  import tensorflow_federated as tff
+  from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
+  tff.framework.set_default_context(runtime_error_context.RuntimeErrorContext())
+  gc.collect()
+
+
 def parse_addresses(text: Optional[str]) -> list:
   """'host:port,host:port' -> ['host:port', ...]; ValueError names --tff_workers."""
   addresses = [a.strip() for a in (text or '').split(',') if a.strip()]
@@ -149,6 +181,9 @@ def execution_context(addresses: Sequence[str] = (), num_local: int = 1,
   the clients split across them.
   """
   import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  if not _AT_EXIT_REGISTERED:
+    atexit.register(_drop_tff_import_time_context)
+    _AT_EXIT_REGISTERED.append(True)
   stack = tff.framework.get_context_stack()
   previous = stack.current
   started = []

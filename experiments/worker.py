@@ -4,8 +4,8 @@
 
 Replaces itself (exec) with TFF's `worker_binary --port=PORT`, listening on
 every interface with plain, unauthenticated gRPC: run it on a private network
-only. It serves one coordinator at a time (the coordinator sets the clients'
-cardinality on it per computation) and ends with SIGINT, SIGTERM or SIGKILL.
+only. Point one coordinator at a time at it (several at once were not
+tried). It ends with SIGINT, SIGTERM or SIGKILL.
 """
 
 import os
