@@ -264,9 +264,22 @@ def all_tff_worker_pids() -> list:
   return pids
 
 
-def orphaned_tff_worker_pids() -> list:
-  """Live TFF workers whose starter is gone (re-parented to init): the ones that leak."""
-  return [pid for pid in all_tff_worker_pids() if _parent_of(pid) in (0, 1)]
+def _cwd_of(pid: int) -> Optional[str]:
+  try:
+    return os.readlink(f'/proc/{pid}/cwd')
+  except OSError:
+    return None
+
+
+def orphaned_tff_worker_pids(cwd: Optional[str] = None) -> list:
+  """Live TFF workers whose starter is gone (re-parented to init): the ones that leak.
+
+  With `cwd`, only those running in that folder (e.g. this repository's,
+  leaving other checkouts' workers on a shared machine out).
+  """
+  real = None if cwd is None else os.path.realpath(cwd)
+  return [pid for pid in all_tff_worker_pids() if _parent_of(pid) in (0, 1) and
+          (real is None or _cwd_of(pid) == real)]
 
 
 def child_tff_worker_pids(parent: int) -> list:

@@ -24,13 +24,13 @@ def _run(args, timeout=600, env=None):
 
 
 def test_main_job_ends_its_worker(tmp_path):
-  before = set(tff_worker.orphaned_tff_worker_pids())
+  before = set(tff_worker.orphaned_tff_worker_pids(cwd=REPO))
   out = _run(['-m', 'experiments.run', '--rounds=2', '--num_clients=6', '--clients_per_round=5',
               '--client_epochs=1', f'--output_dir={tmp_path}'])
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'round 2/2' in out.stdout and 'MA' in out.stdout and 'BA' in out.stdout
   # Only orphans count: other TFF programs on the machine may run workers of their own.
-  assert set(tff_worker.orphaned_tff_worker_pids()) - before == set()
+  assert set(tff_worker.orphaned_tff_worker_pids(cwd=REPO)) - before == set()
   rows = [json.loads(l) for l in (tmp_path / 'rounds.jsonl').read_text().splitlines()]
   assert [r['round'] for r in rows] == [1, 2]
   assert all(0.0 <= r['main_accuracy'] <= 1.0 and r['num_clients'] == 5 for r in rows)

@@ -20,7 +20,7 @@ def _run(args, timeout=600):
 
 
 def test_a_script_inside_local_worker_ends_its_worker():
-  before = set(tff_worker.orphaned_tff_worker_pids())
+  before = set(tff_worker.orphaned_tff_worker_pids(cwd=REPO))
   code = ('import numpy as np, tensorflow_federated as tff\n'
           'from experiments import tff_worker\n'
           '@tff.tensorflow.computation(np.float32)\n'
@@ -34,7 +34,7 @@ def test_a_script_inside_local_worker_ends_its_worker():
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.strip().endswith('ok')
   # Only orphans count: other TFF programs on the machine may run workers of their own.
-  assert set(tff_worker.orphaned_tff_worker_pids()) - before == set()
+  assert set(tff_worker.orphaned_tff_worker_pids(cwd=REPO)) - before == set()
 
 
 SCRIPT = ('import sys, numpy as np, tensorflow_federated as tff\n'
