@@ -5,8 +5,10 @@
 
 Every cell is one run of the training binary (`python -m experiments.run`) in its
 own process, `--processes` at a time, into <output_dir>/<task>/<attack>/<defense>/.
-A cell whose summary.json exists is not run again, so an interrupted grid
-resumes where it stopped. The report is results.csv, report.md (MA/BA per
+A cell whose summary.json exists is not run again, and a cell cut short
+continues from its last checkpoint, so an interrupted grid resumes where it
+stopped. `--tff_workers=HOST:PORT,...` runs every cell on those executor
+services (one cell at a time). The report is results.csv, report.md (MA/BA per
 defense in the paper's shape, TPR/TNR for filtering defenses) and one PNG per
 task of BA per round for each defense under the first non-trivial attack.
 """
@@ -55,6 +57,10 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Seed for every cell.')
 _PROCESSES = flags.DEFINE_integer('processes', 2, 'Cells run at once.', lower_bound=1)
 _OUTPUT = flags.DEFINE_string('output_dir', 'results/grid', 'Where cells and the report go.')
 _EXTRA = flags.DEFINE_list('extra_flags', [], 'More experiments.run flags for every cell.')
+_TFF_WORKERS = flags.DEFINE_string(
+    'tff_workers', None, 'HOST:PORT,... of TFF executor services (python -m experiments.worker) '
+    "that every cell splits each round's clients over; needs --processes=1 (services shared "
+    'by several coordinators at once were not tried).')
 _PLOT_ATTACK = flags.DEFINE_string('plot_attack', None, 'Attack whose BA per round is plotted '
                                    '(default: the first attack other than none).')
 
@@ -72,7 +78,7 @@ def run_cell(output_dir, task, attack, defense, seed, extra) -> tuple:
   cmd = [sys.executable, '-m', 'experiments.run', f'--task={task}', f'--attack={attack}',
          f'--defense={defense}', f'--seed={seed}', f'--output_dir={out}'] + TASK_FLAGS[task] + extra
   start = time.monotonic()
-  with open(out / 'log.txt', 'w') as log:
+  with open(out / 'log.txt', 'a') as log:  # A cell cut short continues from its checkpoint.
     code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
   return (task, attack, defense), time.monotonic() - start, 'ok' if code == 0 else f'exit {code}'
 
@@ -161,10 +167,16 @@ def main(argv):
              and not SHARED_DATA.exists()]
   if missing:
     raise app.UsageError(f'--tasks={",".join(missing)} needs {SHARED_DATA}, which is absent.')
+  extra = list(_EXTRA.value)
+  if _TFF_WORKERS.value:
+    if _PROCESSES.value != 1:
+      raise app.UsageError('--tff_workers needs --processes=1: executor services shared by '
+                           'several runs at once were not tried.')
+    extra.append(f'--tff_workers={_TFF_WORKERS.value}')
   cells = [(t, a, d) for t in _TASKS.value for a in _ATTACKS.value for d in _DEFENSES.value]
   print(f'{len(cells)} cells, {_PROCESSES.value} at a time -> {_OUTPUT.value}', flush=True)
   with concurrent.futures.ThreadPoolExecutor(_PROCESSES.value) as pool:
-    futures = [pool.submit(run_cell, _OUTPUT.value, *c, _SEED.value, _EXTRA.value) for c in cells]
+    futures = [pool.submit(run_cell, _OUTPUT.value, *c, _SEED.value, extra) for c in cells]
     for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
       cell, seconds, status = future.result()
       print(f'[{i}/{len(cells)}] {"/".join(cell)}: {status} ({seconds:.0f}s)', flush=True)

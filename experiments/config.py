@@ -118,12 +118,23 @@ class ExperimentConfig:
 @dataclasses.dataclass
 class OutputConfig:
   """Where a run writes its results."""
-  output_dir: str = param('output/run', 'where `rounds.jsonl`, `summary.json`, `metrics.png` go')
+  output_dir: str = param('output/run', 'where `rounds.jsonl`, `metrics.csv`, `tensorboard/`, '
+                          '`summary.json`, `metrics.png` and the checkpoints go; a run there '
+                          'with the same configuration is continued')
+  fresh: bool = param(False, 'start over in `--output_dir`, removing what a run wrote there')
   pretrain_cache_dir: str = param('output/pretrain', 'where `--pretrain_rounds` checkpoints are '
                                   'cached (shared by runs and grid cells)')
 
 
-CONFIG_CLASSES = (TaskConfig, ExperimentConfig, OutputConfig)
+@dataclasses.dataclass
+class RuntimeConfig:
+  """Where TFF runs the computations (not part of a run's identity)."""
+  tff_workers: Optional[str] = param(None, 'HOST:PORT,... of TFF executor services '
+                                     '(`python -m experiments.worker`) to split each '
+                                     "round's clients over", default_text='one local worker')
+
+
+CONFIG_CLASSES = (TaskConfig, ExperimentConfig, OutputConfig, RuntimeConfig)
 
 
 def check_fields(config) -> None:

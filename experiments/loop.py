@@ -3,14 +3,17 @@
 The training binary (`experiments/run.py`), the defense grid and the
 benchmarks all go through these functions: build the learning process for a
 defense, make the round's client datasets (attacking clients poison theirs),
-evaluate main-task and backdoor accuracy on the server model, and append every
-finished round to `rounds.jsonl` so that an interrupted run keeps what it did.
+evaluate main-task and backdoor accuracy on the server model, checkpoint the
+process state and release every finished round (JSON lines, CSV,
+TensorBoard), so that an interrupted run continues where it stopped.
 """
 
+import asyncio
 import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Callable
 
@@ -91,6 +94,68 @@ def round_datasets(task, client_ids, malicious_ids, round_num: int,
   return datasets
 
 
+class OutputDirError(ValueError):
+  """The output folder holds something this run must not overwrite."""
+
+
+# What a run writes into its output folder (and `--fresh` removes).
+CHECKPOINT_DIR = 'checkpoints'
+RUN_CONFIG = 'run_config.json'
+ROUNDS_JSONL = 'rounds.jsonl'
+METRICS_CSV = 'metrics.csv'
+TENSORBOARD_DIR = 'tensorboard'
+SUMMARY = 'summary.json'
+PLOT = 'metrics.png'
+OUTPUTS = (CHECKPOINT_DIR, RUN_CONFIG, ROUNDS_JSONL, METRICS_CSV, TENSORBOARD_DIR, SUMMARY, PLOT)
+
+
+def run_identity(task, config: ExperimentConfig, task_config=None) -> dict:
+  """What must match for a run to continue another: everything but `rounds`."""
+  experiment = dataclasses.asdict(config)
+  experiment.pop('rounds')
+  return dict(task=task.name, num_clients=len(task.client_data),
+              task_config=None if task_config is None else dataclasses.asdict(task_config),
+              experiment=experiment)
+
+
+def prepare_output_dir(output_dir: str, identity: dict, fresh: bool = False) -> None:
+  """Makes `output_dir` ready to start or continue the run `identity`.
+
+  `fresh` removes what an earlier run wrote there (only the files listed in
+  `OUTPUTS`). Without it, a folder holding another configuration's run, or
+  results without the checkpoints to continue them, is an `OutputDirError`.
+  """
+  if fresh:
+    for name in OUTPUTS:
+      path = os.path.join(output_dir, name)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
+  config_path = os.path.join(output_dir, RUN_CONFIG)
+  hint = 'pass --fresh to start over there, or choose another --output_dir'
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      saved = json.load(f)
+    if saved != identity:
+      differing = sorted(
+          k for part in ('task_config', 'experiment')
+          for k in set((saved.get(part) or {})) | set((identity.get(part) or {}))
+          if (saved.get(part) or {}).get(k) != (identity.get(part) or {}).get(k)) or [
+              k for k in ('task', 'num_clients') if saved.get(k) != identity.get(k)]
+      raise OutputDirError(
+          f'--output_dir={output_dir} holds a run with a different configuration '
+          f'(different {", ".join(differing) or "settings"}); {hint}.')
+    return
+  leftovers = [n for n in OUTPUTS if os.path.exists(os.path.join(output_dir, n))]
+  if leftovers:
+    raise OutputDirError(f'--output_dir={output_dir} holds results of another run '
+                         f'({", ".join(leftovers)}) that cannot be continued; {hint}.')
+  os.makedirs(output_dir, exist_ok=True)
+  with open(config_path, 'w') as f:
+    json.dump(identity, f, indent=2)
+
+
 def _scalar_measurements(aggregator_metrics) -> dict:
   """The round's scalar defense measurements; NaN (e.g. TPR without attackers) -> None."""
   out = {}
@@ -106,57 +171,159 @@ def _fmt(value) -> str:
   return 'n/a' if value is None else f'{value:.2f}'
 
 
-def run_experiment(task, config: ExperimentConfig, output_dir: str,
-                   log: Callable[[str], None] = logging.info, pretrained=None) -> dict:
-  """Trains for `config.rounds`, evaluating MA/BA after each; returns the summary.
+class _JsonLinesReleaseManager(tff.program.ReleaseManager):
+  """`rounds.jsonl`: one JSON row per round; like TFF's CSV manager, releasing
+  round r first drops the rows of rounds >= r (those a resumed run redoes)."""
 
-  Writes `rounds.jsonl` (one line per finished round), `summary.json` and
-  `metrics.png` into `output_dir`. With `pretrained` (an
+  def __init__(self, path: str):
+    self._path = path
+    self.rows = []
+    if os.path.exists(path):
+      with open(path) as f:
+        self.rows = [json.loads(line) for line in f if line.strip()]
+
+  async def release(self, value, key) -> None:
+    if any(row['round'] >= key for row in self.rows):
+      self.rows = [row for row in self.rows if row['round'] < key]
+      with open(self._path + '.tmp', 'w') as f:
+        f.writelines(json.dumps(row) + '\n' for row in self.rows)
+      os.replace(self._path + '.tmp', self._path)
+    self.rows.append(value)
+    with open(self._path, 'a') as f:
+      f.write(json.dumps(value) + '\n')
+
+
+class _TensorBoardRows(tff.program.ReleaseManager):
+  """The numeric fields of a row as TensorBoard scalars (None is left out)."""
+
+  def __init__(self, summary_dir: str):
+    self._manager = tff.program.TensorBoardReleaseManager(summary_dir)
+
+  async def release(self, value, key) -> None:
+    await self._manager.release(
+        {k: float(v) for k, v in value.items() if k != 'round' and v is not None}, key=key)
+
+
+class _RoundReleaseManager(tff.program.ReleaseManager):
+  """Turns `run_training_process`'s metrics of a round into the harness's row,
+  logs it as one console line and releases it to the `managers`.
+
+  Round 0 (the evaluation of the initial model) is not a training round and
+  is left out.
+  """
+
+  def __init__(self, config: ExperimentConfig, managers, log, start_round: int):
+    self._config = config
+    self._managers = managers
+    self._log = log
+    self._start_round = start_round
+    self._start = time.monotonic()
+
+  async def release(self, value, key) -> None:
+    if key == 0:
+      return
+    config = self._config
+    row = dict(round=int(key), main_accuracy=float(value['evaluation/main_accuracy']),
+               backdoor_accuracy=float(value['evaluation/backdoor_accuracy']),
+               attacking=config.attacking(key),
+               **_scalar_measurements(value['aggregator']))
+    row.setdefault('num_malicious', int(value['client_work']['num_malicious']))
+    for manager in self._managers:
+      await manager.release(row, key=key)
+    elapsed = time.monotonic() - self._start
+    done = key - self._start_round + 1
+    eta = elapsed / done * (config.rounds - key)
+    admitted = (f" admitted {int(row['num_admitted'])}/{int(row['num_clients'])}"
+                f" TPR {_fmt(row['tpr'])} TNR {_fmt(row['tnr'])}"
+                if 'num_admitted' in row else '')
+    self._log(f'round {key}/{config.rounds} elapsed {elapsed:.0f}s eta {eta:.0f}s '
+              f"MA {row['main_accuracy']:.3f} BA {row['backdoor_accuracy']:.3f} "
+              f"malicious {int(row['num_malicious'])}/{config.clients_per_round}{admitted}")
+
+
+class _StartingFrom:
+  """The learning process, but its initial state holds `weights` (a pretrained model)."""
+
+  def __init__(self, process: tff.learning.templates.LearningProcess, weights):
+    self._process = process
+    self._weights = weights
+    self.next = process.next
+
+  def initialize(self):
+    return self._process.set_model_weights(self._process.initialize(), self._weights)
+
+
+def client_sampler(num_clients: int, config: ExperimentConfig) -> Callable[[int], list]:
+  """The round's client ids (sorted); they depend only on (seed, round)."""
+  sample = tff.simulation.build_uniform_sampling_fn(
+      list(range(num_clients)), replace=False, random_seed=int(config.seed))
+  return lambda round_num: sorted(sample(round_num, config.clients_per_round))
+
+
+def run_experiment(task, config: ExperimentConfig, output_dir: str,
+                   log: Callable[[str], None] = logging.info, *, task_config=None,
+                   fresh: bool = False, pretrained=None) -> dict:
+  """Trains to round `config.rounds`, evaluating MA/BA after each; returns the summary.
+
+  Built on `tff.simulation.run_training_process`: the process state is
+  checkpointed after every round (`tff.program.FileProgramStateManager` in
+  `output_dir/checkpoints`), so calling this again with the same arguments
+  after an interruption continues after the last saved round, and ends with
+  the results of an uninterrupted run: clients are sampled from (seed,
+  round), attackers and poisoning from (seed, round, client), and the
+  defense's own state (FLAME's noise seed and round) is in the checkpoint.
+  `fresh` starts over; a folder holding a different run is an
+  `OutputDirError` (see `prepare_output_dir`).
+
+  Each round is released as a row to `rounds.jsonl`, `metrics.csv`
+  (`tff.program.CSVFileReleaseManager`) and `tensorboard/`
+  (`tff.program.TensorBoardReleaseManager`), and logged as one line; the
+  end writes `summary.json` and `metrics.png`. With `pretrained` (an
   `experiments.pretrain.Pretrained`) the run starts from its weights and the
   summary records its MA/BA under `pretrain`.
   """
   num_clients = len(task.client_data)
   config.validate(num_clients)
-  os.makedirs(output_dir, exist_ok=True)
-  rounds_path = os.path.join(output_dir, 'rounds.jsonl')
-  open(rounds_path, 'w').close()
+  prepare_output_dir(output_dir, run_identity(task, config, task_config), fresh)
+  state_manager = tff.program.FileProgramStateManager(
+      os.path.join(output_dir, CHECKPOINT_DIR), keep_total=2, keep_first=False)
+  loop = asyncio.new_event_loop()
+  asyncio.set_event_loop(loop)
+  last_saved = max(loop.run_until_complete(state_manager.get_versions()) or [0])
+  if last_saved > config.rounds:
+    raise OutputDirError(f'--output_dir={output_dir} holds a run already at round '
+                         f'{last_saved}, past --rounds={config.rounds}; pass --fresh to '
+                         'start over or a larger --rounds to continue it.')
   malicious = malicious_clients(num_clients, config.malicious_fraction, config.seed).tolist()
   process = build_process(task, config)
-  state = process.initialize()
-  if pretrained is not None:
-    state = process.set_model_weights(state, pretrained.weights)
+  sample = client_sampler(num_clients, config)
   keras_model = task.model_fn()
-  rng = np.random.default_rng([config.seed, 2])
-  start = time.monotonic()
-  rows = []
-  for round_num in range(1, config.rounds + 1):
-    client_ids = np.sort(rng.choice(num_clients, config.clients_per_round, replace=False))
-    datasets = round_datasets(task, client_ids, malicious, round_num, config)
-    output = process.next(state, datasets)
-    state = output.state
+
+  def evaluate(state, unused_data):
     process.get_model_weights(state).assign_weights_to(keras_model)
-    row = dict(round=round_num, main_accuracy=task.main_accuracy(keras_model),
-               backdoor_accuracy=task.backdoor_accuracy(keras_model),
-               attacking=config.attacking(round_num),
-               **_scalar_measurements(output.metrics['aggregator']))
-    row.setdefault('num_malicious', int(output.metrics['client_work']['num_malicious']))
-    rows.append(row)
-    with open(rounds_path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
-    elapsed = time.monotonic() - start
-    eta = elapsed / round_num * (config.rounds - round_num)
-    admitted = (f" admitted {int(row['num_admitted'])}/{int(row['num_clients'])}"
-                f" TPR {_fmt(row['tpr'])} TNR {_fmt(row['tnr'])}"
-                if 'num_admitted' in row else '')
-    log(f'round {round_num}/{config.rounds} elapsed {elapsed:.0f}s eta {eta:.0f}s '
-        f"MA {row['main_accuracy']:.3f} BA {row['backdoor_accuracy']:.3f} "
-        f"malicious {int(row['num_malicious'])}/{len(client_ids)}{admitted}")
+    return dict(main_accuracy=task.main_accuracy(keras_model),
+                backdoor_accuracy=task.backdoor_accuracy(keras_model))
+
+  jsonl = _JsonLinesReleaseManager(os.path.join(output_dir, ROUNDS_JSONL))
+  recorder = _RoundReleaseManager(config, [
+      jsonl, tff.program.CSVFileReleaseManager(os.path.join(output_dir, METRICS_CSV),
+                                               key_fieldname='round'),
+      _TensorBoardRows(os.path.join(output_dir, TENSORBOARD_DIR))], log, last_saved + 1)
+  if last_saved:
+    log(f'continuing {output_dir} after round {last_saved} (--fresh starts over)')
+  start = time.monotonic()
+  tff.simulation.run_training_process(
+      process if pretrained is None else _StartingFrom(process, pretrained.weights),
+      lambda r: round_datasets(task, sample(r), malicious, r, config), config.rounds,
+      evaluation_fn=evaluate, evaluation_selection_fn=lambda r: None,
+      program_state_manager=state_manager, metrics_managers=[recorder])
+  rows = [r for r in jsonl.rows if r['round'] <= config.rounds]
   summary = dict(config=dataclasses.asdict(config), task=task.name,
                  num_clients=num_clients, malicious_clients=malicious,
                  final=rows[-1] if rows else None, seconds=time.monotonic() - start,
                  pretrain=None if pretrained is None else pretrained.summary())
-  with open(os.path.join(output_dir, 'summary.json'), 'w') as f:
+  with open(os.path.join(output_dir, SUMMARY), 'w') as f:
     json.dump(summary, f, indent=2)
-  plots.plot_rounds(rows, os.path.join(output_dir, 'metrics.png'),
-              title=f'{task.name}: defense={config.defense} attack={config.attack}')
+  plots.plot_rounds(rows, os.path.join(output_dir, PLOT),
+                    title=f'{task.name}: defense={config.defense} attack={config.attack}')
   return summary

@@ -3,14 +3,30 @@
   python -m experiments.run --rounds=10 --defense=flame --attack=data_poisoning
 
 Offline default: scikit-learn's handwritten digits split non-IID across
-clients. Each round is logged and appended to <output_dir>/rounds.jsonl; the
-end writes summary.json and metrics.png. Flags: `experiments/config.py`.
+clients. One line per round on the console; every round goes to
+<output_dir>/rounds.jsonl, metrics.csv and tensorboard/, and the process
+state to <output_dir>/checkpoints, so running the same command again after
+an interruption continues after the last finished round (`--fresh` starts
+over). The end writes summary.json and metrics.png. Flags:
+`experiments/config.py`.
+
+TF's C++ log is off unless `--verbosity` (or `-v`) is given or
+TF_CPP_MIN_LOG_LEVEL is set. SIGINT, SIGTERM and SIGKILL leave no TFF
+worker behind (see `experiments/tff_worker.py`).
 """
 
-import logging
+import os
 import sys
 
+if 'TF_CPP_MIN_LOG_LEVEL' not in os.environ and not any(
+    a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
+  # Before TF is imported: it reads this once, and the workers inherit it.
+  os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
+from absl import flags
+from absl import logging
 
 from experiments import config as config_lib
 from experiments import loop
@@ -24,25 +40,37 @@ def main(argv):
   if len(argv) > 1:
     print(f'error: unexpected arguments {argv[1:]}', file=sys.stderr)
     return 2
-  logging.getLogger().setLevel(logging.INFO)
+  verbose = flags.FLAGS['verbosity'].present
+  if not verbose:
+    logging.set_verbosity(logging.WARNING)
   task_config = config_lib.from_flags(config_lib.TaskConfig)
   config = config_lib.from_flags(config_lib.ExperimentConfig)
-  output_config = config_lib.from_flags(config_lib.OutputConfig)
-  output_dir = output_config.output_dir
+  output = config_lib.from_flags(config_lib.OutputConfig)
+  runtime = config_lib.from_flags(config_lib.RuntimeConfig)
   try:
     task_config.validate()
+    addresses = tff_worker.parse_addresses(runtime.tff_workers)
     task = loop.load_task(task_config, seed=config.seed)
     config.validate(len(task.client_data))
   except (ValueError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  with tff_worker.local_worker():
-    pretrained = pretrain.load_or_train(task, task_config, config,
-                                        output_config.pretrain_cache_dir, log=print)
-    summary = loop.run_experiment(task, config, output_dir, log=print, pretrained=pretrained)
+  with tff_worker.terminate_on_sigterm(), \
+      tff_worker.execution_context(addresses, quiet=not verbose):
+    try:
+      pretrained = pretrain.load_or_train(task, task_config, config, output.pretrain_cache_dir,
+                                          log=lambda line: print(line, flush=True))
+      summary = loop.run_experiment(task, config, output.output_dir,
+                                    log=lambda line: print(line, flush=True),
+                                    task_config=task_config, fresh=output.fresh,
+                                    pretrained=pretrained)
+    except loop.OutputDirError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
   final = summary['final']
   print(f"final: MA {final['main_accuracy']:.3f} BA {final['backdoor_accuracy']:.3f} "
-        f'-> {output_dir}/rounds.jsonl, summary.json, metrics.png')
+        f'-> {output.output_dir}/rounds.jsonl, metrics.csv, tensorboard/, summary.json, '
+        'metrics.png')
   return 0
 
 

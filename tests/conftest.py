@@ -1,4 +1,8 @@
-"""Test-suite wide set-up: no TFF worker may outlive the tests."""
+"""Test-suite wide set-up: the tests' TFF computations run on a worker the session owns.
+
+`tff_worker.local_worker()` starts it with a parent-death signal and ends it
+when the session ends, so no TFF worker outlives the tests, however they end.
+"""
 
 import pytest
 
@@ -6,6 +10,6 @@ from experiments import tff_worker
 
 
 @pytest.fixture(autouse=True, scope='session')
-def _end_tff_workers():
-  yield
-  tff_worker.end_tff()
+def _tff_worker():
+  with tff_worker.local_worker():
+    yield

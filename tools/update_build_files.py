@@ -81,7 +81,7 @@ def main() -> None:
       local, third = deps_of(p)
       src = p.name
       is_test = p.name.endswith('_test.py')
-      is_bin = (not is_test) and "if __name__ == '__main__'" in p.read_text() and pkg != 'experiments' or (pkg == 'experiments' and name == 'run')
+      is_bin = (not is_test) and "if __name__ == '__main__'" in p.read_text() and pkg != 'experiments' or (pkg == 'experiments' and name in ('run', 'worker'))
       if pkg == 'experiments' and name == 'config':
         is_bin = False
       kind = 'py_test' if is_test else 'py_binary' if is_bin else 'py_library'

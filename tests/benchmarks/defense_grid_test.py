@@ -40,6 +40,17 @@ def test_finished_cells_are_not_run_again(tmp_path):
   assert status == 'cached' and seconds == 0.0
 
 
+def test_tff_workers_need_one_cell_at_a_time(tmp_path):
+  import os, pathlib, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  repo = pathlib.Path(__file__).resolve().parents[2]
+  out = subprocess.run([sys.executable, '-m', 'benchmarks.defense_grid', '--tasks=digits',
+                        '--tff_workers=localhost:1', '--processes=2',
+                        f'--output_dir={tmp_path}'], cwd=repo, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONPATH=str(repo)))
+  assert out.returncode != 0 and '--processes=1' in out.stderr
+  assert not list(tmp_path.iterdir())
+
+
 if __name__ == '__main__':
   # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
   tests_dir = pathlib.Path(__file__).absolute().parents[1]

@@ -75,22 +75,54 @@ def test_run_writes_every_round_and_the_summary(task, tmp_path):
   assert (tmp_path / 'metrics.png').read_bytes()[:4] == b'\x89PNG'
 
 
-def test_a_crash_keeps_the_finished_rounds(task, tmp_path):
+def test_a_crash_keeps_the_finished_rounds_and_the_run_continues(task, tmp_path):
   calls = []
 
   def failing_backdoor_accuracy(model):
     calls.append(1)
-    if len(calls) == 2:
+    if len(calls) == 3:  # The initial model (round 0), round 1, then round 2 fails.
       raise RuntimeError('evaluation died')
     return task.backdoor_accuracy(model)
 
   broken = dataclasses.replace(task)
   object.__setattr__(broken, 'backdoor_accuracy', failing_backdoor_accuracy)
+  c = config(attack='none', defense='none', rounds=3)
   with pytest.raises(RuntimeError, match='evaluation died'):
-    loop.run_experiment(broken, config(attack='none', defense='none'), str(tmp_path),
-                              log=lambda s: None)
+    loop.run_experiment(broken, c, str(tmp_path), log=lambda s: None)
   rows = (tmp_path / 'rounds.jsonl').read_text().splitlines()
   assert len(rows) == 1 and json.loads(rows[0])['round'] == 1
+  lines = []
+  summary = loop.run_experiment(task, c, str(tmp_path), log=lines.append)
+  assert 'after round 1' in lines[0] and [l.split()[1] for l in lines[1:]] == ['2/3', '3/3']
+  rows = [json.loads(l) for l in (tmp_path / 'rounds.jsonl').read_text().splitlines()]
+  assert [r['round'] for r in rows] == [1, 2, 3] and summary['final'] == rows[-1]
+  csv_rounds = [l.split(',')[0] for l in (tmp_path / 'metrics.csv').read_text().splitlines()]
+  assert csv_rounds == ['round', '1', '2', '3']
+  assert list((tmp_path / 'tensorboard').iterdir())
+
+
+def test_an_output_dir_of_another_run_is_an_error_until_fresh(task, tmp_path):
+  loop.run_experiment(task, config(rounds=1), str(tmp_path), log=lambda s: None)
+  with pytest.raises(loop.OutputDirError, match=r'different seed.*--fresh.*--output_dir'):
+    loop.run_experiment(task, config(rounds=1, seed=1), str(tmp_path), log=lambda s: None)
+  summary = loop.run_experiment(task, config(rounds=1, seed=1), str(tmp_path),
+                                log=lambda s: None, fresh=True)
+  assert summary['config']['seed'] == 1
+  other = tmp_path / 'old'
+  other.mkdir()
+  (other / 'rounds.jsonl').write_text('{"round": 1}\n')
+  with pytest.raises(loop.OutputDirError, match='rounds.jsonl'):
+    loop.run_experiment(task, config(rounds=1), str(other), log=lambda s: None)
+  assert (other / 'rounds.jsonl').read_text() == '{"round": 1}\n'
+
+
+def test_client_samples_depend_only_on_seed_and_round():
+  sample = loop.client_sampler(20, config(clients_per_round=5))
+  again = loop.client_sampler(20, config(clients_per_round=5))
+  assert [again(r) for r in (3, 1, 2)] == [sample(r) for r in (3, 1, 2)]
+  assert len(set(sample(1))) == 5 and sample(1) == sorted(sample(1))
+  assert sample(1) != sample(2)
+  assert loop.client_sampler(20, config(clients_per_round=5, seed=1))(1) != sample(1)
 
 
 def test_bad_config_names_the_field(task):

@@ -1,10 +1,13 @@
-"""The training binary: the main job ends its worker; bad flags and files stop it early."""
+"""The training binary: it ends its worker under every signal, resumes after a kill,
+splits clients over executor services; bad flags and files stop it early."""
 
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -13,20 +16,21 @@ from experiments import tff_worker
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _run(args, timeout=600):
+def _run(args, timeout=600, env=None):
   # Pipes for stdout/stderr: a leftover worker holding them open would make this hang.
+  env = dict(os.environ if env is None else env, PYTHONPATH=str(REPO))
   return subprocess.run([sys.executable] + args, cwd=REPO, capture_output=True, text=True,
-                        timeout=timeout, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                        timeout=timeout, env=env)
 
 
 def test_main_job_ends_its_worker(tmp_path):
-  before = set(tff_worker.orphaned_tff_worker_pids())
+  before = set(tff_worker.orphaned_tff_worker_pids(cwd=REPO))
   out = _run(['-m', 'experiments.run', '--rounds=2', '--num_clients=6', '--clients_per_round=5',
               '--client_epochs=1', f'--output_dir={tmp_path}'])
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'round 2/2' in out.stdout and 'MA' in out.stdout and 'BA' in out.stdout
   # Only orphans count: other TFF programs on the machine may run workers of their own.
-  assert set(tff_worker.orphaned_tff_worker_pids()) - before == set()
+  assert set(tff_worker.orphaned_tff_worker_pids(cwd=REPO)) - before == set()
   rows = [json.loads(l) for l in (tmp_path / 'rounds.jsonl').read_text().splitlines()]
   assert [r['round'] for r in rows] == [1, 2]
   assert all(0.0 <= r['main_accuracy'] <= 1.0 and r['num_clients'] == 5 for r in rows)
@@ -60,6 +64,134 @@ def test_bad_data_file_fails_before_training_and_names_the_file(tmp_path):
               f'--output_dir={out_dir}'])
   assert out.returncode == 2 and '--shakespeare_text' in out.stderr
   assert not out_dir.exists()
+
+
+SMALL = ['--num_clients=6', '--clients_per_round=5', '--client_epochs=1',
+         '--attack_start_round=2', '--malicious_fraction=0.34']
+
+
+def _start(args, **kwargs):
+  """The binary in the background, from a new session (no job control, like `setsid`)."""
+  return subprocess.Popen([sys.executable, '-m', 'experiments.run'] + args, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True,
+                          **kwargs)
+
+
+def _wait_for_line(process, prefix, timeout=300):
+  """Reads the binary's output until a line starts with `prefix`; returns the lines read."""
+  lines = []
+  deadline = time.monotonic() + timeout
+  for line in process.stdout:
+    lines.append(line)
+    if line.startswith(prefix) or time.monotonic() > deadline:
+      break
+  assert lines and lines[-1].startswith(prefix), ''.join(lines)[-3000:]
+  return lines
+
+
+def _gone(pids, timeout=10.0) -> bool:
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if not set(pids) & set(tff_worker.all_tff_worker_pids()):
+      return True
+    time.sleep(0.1)
+  return False
+
+
+def _final(out_dir):
+  return json.loads((out_dir / 'summary.json').read_text())['final']
+
+
+def test_kill_9_in_round_3_then_the_same_command_continues_to_the_same_result(tmp_path):
+  whole = _run(['-m', 'experiments.run', '--rounds=5', *SMALL,
+                f'--output_dir={tmp_path / "whole"}'])
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  args = ['--rounds=5', *SMALL, f'--output_dir={tmp_path / "killed"}']
+  process = _start(args)
+  _wait_for_line(process, 'round 2/5')
+  checkpoint = tmp_path / 'killed' / 'checkpoints' / 'program_state_2'
+  deadline = time.monotonic() + 60
+  while not checkpoint.exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+  workers = tff_worker.child_tff_worker_pids(process.pid)
+  assert workers and process.poll() is None
+  process.kill()  # SIGKILL, during round 3.
+  process.wait()
+  process.stdout.close()
+  assert _gone(workers), 'the worker outlived its SIGKILLed binary'
+  again = _run(['-m', 'experiments.run'] + args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'after round 2' in again.stdout and 'round 1/5' not in again.stdout
+  rows = [json.loads(l) for l in (tmp_path / 'killed' / 'rounds.jsonl').read_text().splitlines()]
+  assert [r['round'] for r in rows] == [1, 2, 3, 4, 5]
+  whole_final, final = _final(tmp_path / 'whole'), _final(tmp_path / 'killed')
+  assert (final['main_accuracy'], final['backdoor_accuracy']) == (
+      whole_final['main_accuracy'], whole_final['backdoor_accuracy'])
+  assert final == whole_final
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_from_a_shell_without_job_control_leaves_no_worker(tmp_path, sig):
+  process = _start(['--rounds=100', *SMALL, f'--output_dir={tmp_path}'])
+  _wait_for_line(process, 'round 1/100')
+  workers = tff_worker.child_tff_worker_pids(process.pid)
+  assert workers
+  start = time.monotonic()
+  process.send_signal(sig)
+  process.communicate(timeout=60)
+  assert process.returncode != 0
+  assert time.monotonic() - start < 8, 'shutdown waited on the worker'
+  assert _gone(workers), f'the worker outlived {sig.name}'
+
+
+def test_two_executor_services_give_the_single_process_result(tmp_path):
+  """`--tff_workers` over two `experiments.worker` services == one in-process worker."""
+  from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
+  from experiments import loop  # pylint: disable=g-import-not-at-top
+  flags = ['--rounds=3', *SMALL]
+  task_config = config_lib.TaskConfig(num_clients=6)
+  config = config_lib.ExperimentConfig(rounds=3, clients_per_round=5, client_epochs=1,
+                                       attack_start_round=2, malicious_fraction=0.34)
+  assert sorted(config_lib.to_flags(task_config, config)) == sorted(flags)
+  single = loop.run_experiment(loop.load_task(task_config, seed=0), config,
+                               str(tmp_path / 'single'), log=lambda s: None)
+  ports = [tff_worker.free_port(), tff_worker.free_port()]
+  services = [subprocess.Popen([sys.executable, '-m', 'experiments.worker', f'--port={p}'],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ, PYTHONPATH=str(REPO)))
+              for p in ports]
+  try:
+    out = _run(['-m', 'experiments.run', *flags, f'--output_dir={tmp_path / "split"}',
+                f'--tff_workers=localhost:{ports[0]},localhost:{ports[1]}'])
+  finally:
+    for service in services:
+      service.kill()
+      service.wait()
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(l) for l in (tmp_path / 'split' / 'rounds.jsonl').read_text().splitlines()]
+  single_rows = [json.loads(l)
+                 for l in (tmp_path / 'single' / 'rounds.jsonl').read_text().splitlines()]
+  assert [r['num_admitted'] for r in rows] == [r['num_admitted'] for r in single_rows]
+  final = _final(tmp_path / 'split')
+  assert final['main_accuracy'] == single['final']['main_accuracy']
+  assert final['backdoor_accuracy'] == single['final']['backdoor_accuracy']
+
+
+def test_console_is_one_line_per_round_without_tf_noise(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  out = _run(['-m', 'experiments.run', '--rounds=2', *SMALL, f'--output_dir={tmp_path}'],
+             env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = (out.stdout + out.stderr).strip().splitlines()
+  assert [l.split()[0] for l in lines] == ['round', 'round', 'final:'], lines
+  bad = _run(['-m', 'experiments.run', '--rounds=2', *SMALL, '--seed=1',
+              f'--output_dir={tmp_path}'])
+  assert bad.returncode == 2 and '--fresh' in bad.stderr and '--output_dir' in bad.stderr
+  fresh = _run(['-m', 'experiments.run', '--rounds=1', *SMALL, '--seed=1', '--fresh',
+                f'--output_dir={tmp_path}'])
+  assert fresh.returncode == 0 and 'round 1/1' in fresh.stdout, fresh.stderr[-3000:]
+  assert len((tmp_path / 'rounds.jsonl').read_text().splitlines()) == 1
 
 
 if __name__ == '__main__':
