@@ -1,0 +1,272 @@
+"""Server-side linear algebra on client updates held as G row blocks [m_g, d].
+
+`grouped_gather` delivers the n client updates as G blocks (sum_g m_g = n).
+These pure TF functions work on such a list of blocks without ever building a
+second [n, d] temporary: each function touches at most two blocks at a time
+(block-sized temporaries), and results are [n], [n, n] or [d]. Only the
+coordinate-wise path (`concat_rows`, then `coordinate_median` or
+`trimmed_mean`) builds one [n, d] matrix, since sorting per coordinate needs
+all rows; nothing there is quadratic in d.
+
+Overflow safety. A finite float32 update can be as large as 3.4e38; its
+squared norm (or a Gram entry) overflows float32 to inf, and distances built
+from it become NaN. Here every row is first scaled by a power of two 2^-e_i
+(exact, no rounding) so that its largest magnitude lies in (0.5, 1]; dot
+products of scaled rows are at most d in magnitude, and the scale 2^(e_i+e_j)
+is put back in float64, whose range (1.8e308) holds any product of two
+float32 rows (at most 3.4e38^2 * d). Rows with NaN or Inf are set to zero in
+the Gram matrix and have NaN norms; a row counts as finite only when all its
+entries and its norm are finite. (TF's CPU kernels flush subnormal float32
+values to zero, so a row of subnormals behaves as a zero row.)
+
+Blocks may be tensors [m_g, d] or `grouped_gather` blocks (OrderedDicts with
+a 'rows' entry). Row i of the result is row i of the blocks taken in order.
+"""
+
+from typing import Optional
+
+import tensorflow as tf
+
+_ROWS = 'rows'  # grouped_gather.ROWS, without importing TFF here.
+
+
+def rows_of(blocks) -> list:
+  """The [m_g, d] row tensors of a list of blocks (tensors or gathered OrderedDicts)."""
+  return [tf.convert_to_tensor(b[_ROWS] if isinstance(b, dict) else b) for b in blocks]
+
+
+def block_sizes(blocks) -> list:
+  """int32 scalars m_g."""
+  return [tf.shape(b)[0] for b in rows_of(blocks)]
+
+
+def num_rows(blocks) -> tf.Tensor:
+  """n = sum_g m_g."""
+  return tf.add_n(block_sizes(blocks)) if blocks else tf.constant(0)
+
+
+def finite_entries(blocks) -> tf.Tensor:
+  """bool [n]: rows without NaN or Inf."""
+  return tf.concat([tf.reduce_all(tf.math.is_finite(b), axis=1) for b in rows_of(blocks)],
+                   axis=0)
+
+
+def _pow2(k: tf.Tensor) -> tf.Tensor:
+  """Exactly 2^k in float32 for int32 k in [-126, 127] (built from its bits)."""
+  return tf.bitcast(tf.bitwise.left_shift(k + 127, 23), tf.float32)
+
+
+def _exponents(block: tf.Tensor):
+  """(e int32 [m], finite bool [m]): 2^e is about the largest |entry| of each row.
+
+  e = 0 for zero and non-finite rows. Range: [-149, 129] for finite rows.
+  """
+  finite = tf.reduce_all(tf.math.is_finite(block), axis=1)
+  max_abs = tf.cast(tf.reduce_max(tf.abs(block), axis=1), tf.float64)
+  usable = finite & (max_abs > 0.0)
+  log2 = tf.math.log(tf.where(usable, max_abs, 1.0)) / tf.math.log(tf.constant(2.0, tf.float64))
+  e = tf.cast(tf.floor(log2), tf.int32) + 1
+  return tf.where(usable, e, 0), finite
+
+
+def _scaled(block: tf.Tensor, e: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
+  """block * 2^-e row by row (exact), non-finite rows zeroed; float32."""
+  block = tf.cast(block, tf.float32)
+  # 2^-e in two factors, each a normal float32, so tiny rows (e down to
+  # -149) scale up exactly too.
+  first = tf.math.floordiv(-e, 2)
+  second = -e - first
+  scaled = block * _pow2(first)[:, tf.newaxis] * _pow2(second)[:, tf.newaxis]
+  return tf.where(finite[:, tf.newaxis], scaled, tf.zeros_like(scaled))
+
+
+def _exp2_f64(e: tf.Tensor) -> tf.Tensor:
+  return tf.pow(tf.constant(2.0, tf.float64), tf.cast(e, tf.float64))
+
+
+def l2_norms(blocks) -> tf.Tensor:
+  """float64 [n] L2 norm of each row, without overflow; NaN for rows with NaN or Inf.
+
+  Computed as 2^e * ||row * 2^-e|| (the scaled row's norm summed in float32,
+  at most sqrt(d)), so even rows of 3e38 get a finite norm.
+  """
+  out = []
+  for b in rows_of(blocks):
+    e, finite = _exponents(b)
+    u = _scaled(b, e, finite)
+    scaled_norm = tf.sqrt(tf.cast(tf.reduce_sum(tf.square(u), axis=1), tf.float64))
+    norm = _exp2_f64(e) * scaled_norm
+    out.append(tf.where(finite, norm, tf.constant(float('nan'), tf.float64)))
+  return tf.concat(out, axis=0)
+
+
+def finite_rows(blocks, norms: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """bool [n]: rows whose entries AND L2 norm are finite (the clients to consider)."""
+  norms = l2_norms(blocks) if norms is None else norms
+  return finite_entries(blocks) & tf.math.is_finite(norms)
+
+
+def _points(block, reference):
+  return block if reference is None else tf.cast(reference, tf.float32)[tf.newaxis, :] - block
+
+
+def gram_matrix(blocks, compute_dtype=tf.float32,
+                reference: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """float64 [n, n] Gram matrix <x_i, x_j> of the rows, built block pair by block pair.
+
+  Each row is scaled exactly by 2^-e_i first, the scaled blocks are
+  multiplied in `compute_dtype` (float32: as fast as a plain float32 matmul;
+  float64: each block pair cast on the fly, for distances between close
+  rows, where float32 cancellation matters), and the scales are put back in
+  float64, so no entry can overflow. Rows with NaN or Inf give zero rows and
+  columns. Pairs are computed one after another (control dependencies), so
+  at most two scaled blocks exist at a time.
+
+  With `reference` ([d], the global model), the points are reference - x_i
+  (FLAME's model space), formed block by block.
+  """
+  blocks = rows_of(blocks)
+  compute_dtype = tf.as_dtype(compute_dtype)
+  num = len(blocks)
+  products = [[None] * num for _ in range(num)]
+  exponents = []
+  previous = []
+  for b in range(num):
+    with tf.control_dependencies(previous):
+      pb = _points(blocks[b], reference)
+      eb, fb = _exponents(pb)
+      ub = tf.cast(_scaled(pb, eb, fb), compute_dtype)
+    exponents.append(eb)
+    for a in range(b + 1):
+      with tf.control_dependencies(previous):
+        if a == b:
+          ua = ub
+        else:
+          pa = _points(blocks[a], reference)
+          ea, fa = _exponents(pa)
+          ua = tf.cast(_scaled(pa, ea, fa), compute_dtype)
+        product = tf.cast(tf.matmul(ua, ub, transpose_b=True), tf.float64)
+      products[a][b] = product
+      previous = [product]
+  if num == 0:
+    return tf.zeros([0, 0], tf.float64)
+  rows = []
+  for a in range(num):
+    rows.append(tf.concat([products[a][b] if a <= b else tf.transpose(products[b][a])
+                           for b in range(num)], axis=1))
+  scaled_gram = tf.concat(rows, axis=0)
+  scale = _exp2_f64(tf.concat(exponents, axis=0))
+  return scaled_gram * scale[:, tf.newaxis] * scale[tf.newaxis, :]
+
+
+def norms_from_gram(gram: tf.Tensor) -> tf.Tensor:
+  """float64 [n]: sqrt of the Gram diagonal."""
+  return tf.sqrt(tf.maximum(tf.linalg.diag_part(gram), 0.0))
+
+
+def cosine_distances_from_gram(gram: tf.Tensor) -> tf.Tensor:
+  """float64 [n, n] matrix of 1 - cos(x_i, x_j) with a zero diagonal.
+
+  As `flame_ops.cosine_distances`: a zero row has no direction, its distance
+  to every other row is 1; distances are clipped to [0, 2] and symmetric.
+  Normalising by sqrt(g_ii) * sqrt(g_jj) keeps the products in range.
+  """
+  gram = tf.cast(gram, tf.float64)
+  norms = norms_from_gram(gram)
+  denom = norms[:, tf.newaxis] * norms[tf.newaxis, :]
+  cosine = tf.where(denom > 0.0, gram / tf.where(denom > 0.0, denom, 1.0), 0.0)
+  distances = tf.clip_by_value(1.0 - cosine, 0.0, 2.0)
+  distances = 0.5 * (distances + tf.transpose(distances))
+  return tf.linalg.set_diag(distances, tf.zeros_like(norms))
+
+
+def squared_distances_from_gram(gram: tf.Tensor) -> tf.Tensor:
+  """float64 [n, n] ||x_i - x_j||^2 = g_ii + g_jj - 2 g_ij, at least 0, zero diagonal.
+
+  Use a float64 Gram matrix (`compute_dtype=tf.float64`) when rows are close
+  to each other: the difference cancels, and float32 dot products lose it.
+  """
+  gram = tf.cast(gram, tf.float64)
+  sq = tf.linalg.diag_part(gram)
+  d = sq[:, tf.newaxis] + sq[tf.newaxis, :] - 2.0 * gram
+  d = 0.5 * (d + tf.transpose(d))
+  return tf.linalg.set_diag(tf.maximum(d, 0.0), tf.zeros_like(sq))
+
+
+def weighted_sum(blocks, weights: tf.Tensor) -> tf.Tensor:
+  """float64 [d]: sum_i weights_i * x_i over the rows with a nonzero weight.
+
+  Rows with weight 0 are left out entirely (NaN * 0 would be NaN); the
+  others are gathered and cast to float64 one block at a time.
+  """
+  blocks = rows_of(blocks)
+  weights = tf.cast(weights, tf.float64)
+  dim = tf.shape(blocks[0])[1]
+  total = tf.zeros([dim], tf.float64)
+  start = tf.constant(0)
+  for b in blocks:
+    size = tf.shape(b)[0]
+    w = weights[start:start + size]
+    keep = tf.where(tf.not_equal(w, 0.0))[:, 0]
+    with tf.control_dependencies([total]):
+      rows = tf.cast(tf.gather(b, keep), tf.float64)
+    total = total + tf.linalg.matvec(rows, tf.gather(w, keep), transpose_a=True)
+    start += size
+  return total
+
+
+def clip_weights(norms: tf.Tensor, bound: tf.Tensor, admitted: tf.Tensor) -> tf.Tensor:
+  """float64 [n]: min(1, bound / norm) for admitted rows with a finite norm, else 0."""
+  norms = tf.cast(norms, tf.float64)
+  bound = tf.cast(bound, tf.float64)
+  usable = tf.cast(admitted, tf.bool) & tf.math.is_finite(norms)
+  safe = tf.where(usable & (norms > 0.0), norms, 1.0)
+  scale = tf.where(norms > bound, bound / safe, 1.0)
+  return tf.where(usable, scale, 0.0)
+
+
+def clipped_masked_sum(blocks, norms: tf.Tensor, bound: tf.Tensor,
+                       admitted: tf.Tensor) -> tf.Tensor:
+  """float64 [d]: sum over admitted rows of x_i * min(1, bound / ||x_i||) (FLAME's clipping).
+
+  Rows that are not admitted or whose norm is not finite add nothing.
+  """
+  return weighted_sum(blocks, clip_weights(norms, bound, admitted))
+
+
+def concat_rows(blocks, keep: Optional[tf.Tensor] = None) -> tf.Tensor:
+  """[m, d]: the rows (all, or those where the bool [n] `keep` is True), concatenated once."""
+  rows = rows_of(blocks)
+  if keep is None:
+    return tf.concat(rows, axis=0)
+  kept = []
+  start = tf.constant(0)
+  for b in rows:
+    size = tf.shape(b)[0]
+    kept.append(tf.boolean_mask(b, keep[start:start + size]))
+    start += size
+  return tf.concat(kept, axis=0)
+
+
+def coordinate_median(x: tf.Tensor) -> tf.Tensor:
+  """Median along axis 0 as NumPy, without overflow: the two middle values are halved
+  before they are added (3e38 + 3e38 would be inf in float32)."""
+  sorted_values = tf.sort(x, axis=0)
+  n = tf.shape(x)[0]
+  lower = tf.gather(sorted_values, (n - 1) // 2)
+  upper = tf.gather(sorted_values, n // 2)
+  return tf.where(tf.equal(lower, upper), lower, lower / 2 + upper / 2)
+
+
+def trimmed_mean(x: tf.Tensor, trim_fraction: float) -> tf.Tensor:
+  """Per-coordinate mean after dropping floor(beta * n) largest and smallest values.
+
+  The mean is a matmul with weights 1/k, so each term is at most max/k and
+  the sum cannot overflow.
+  """
+  n = tf.shape(x)[0]
+  cut = tf.cast(tf.floor(trim_fraction * tf.cast(n, tf.float64)), tf.int32)
+  kept = tf.sort(x, axis=0)[cut:n - cut]
+  k = tf.shape(kept)[0]
+  weights = tf.fill([1, k], 1.0 / tf.cast(k, tf.float64))
+  return tf.matmul(tf.cast(weights, kept.dtype), kept)[0]
