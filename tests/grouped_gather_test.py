@@ -196,3 +196,11 @@ def test_unflatten_row():
   np.testing.assert_array_equal(leaves[0].numpy(), row[:6].reshape(2, 3))
   np.testing.assert_array_equal(leaves[1].numpy(), row[6:])
   assert gather.dim == DIM
+
+
+def test_splittable_by_the_mergeable_execution_context():
+  """Clients place themselves: the G aggregates are independent, so TFF can split the gather."""
+  from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler  # pylint: disable=g-import-not-at-top
+  gather = grouped_gather.build_grouped_gather(LABELLED_TYPE, 3, with_payload=True)
+  form = mergeable_comp_compiler.compile_to_mergeable_comp_form(gather.computation)
+  assert type(form).__name__ == 'MergeableCompForm'
