@@ -3,14 +3,14 @@
   python -m benchmarks.grouped_gather_memory [--dim=200000] [--clients=40] [--groups=4,8,16]
 
 A prototype measurement, not a test. Each variant runs in a fresh TFF worker
-(`runtime.tff_runtime()`), and the worker's peak resident memory (VmHWM) is
+(`experiments.tff_worker.local_worker()`), and the worker's peak resident memory (VmHWM) is
 read after `--repeats` calls. Every variant ends in a server-side TF
 computation that reduces what it gathered to one [d] vector (the sum of the
 rows), so all of them return the same small result:
 
   mean:      tff.federated_mean (the floor: no gather at all);
   reservoir: TFF's UnweightedReservoirSamplingFactory with sample size n (one
-             aggregate that concatenates all n rows; today's gathered_factory);
+             aggregate that concatenates all n rows; the gathering base before issue 9);
   grouped:   grouped_gather with G groups (G aggregates, each concatenating the
              clients of one group).
 
@@ -26,8 +26,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from benchmarks import measure
+from experiments import tff_worker
 from tff_flame import grouped_gather
-from tff_flame import runtime
 
 _DIM = flags.DEFINE_integer('dim', 200_000, 'Floats per client update.', lower_bound=1)
 _CLIENTS = flags.DEFINE_integer('clients', 40, 'Clients per round.', lower_bound=1)
@@ -73,7 +73,7 @@ def _grouped_process(value_type, num_groups):
 
 def measure_variant(build, values, repeats):
   """(worker peak MB, median seconds per call, result) in a fresh worker."""
-  with runtime.tff_runtime():
+  with tff_worker.local_worker():
     computation = build()
     result = computation(values)
     seconds = measure.median_seconds(lambda: computation(values), repeats)

@@ -45,10 +45,51 @@ def num_rows(blocks) -> tf.Tensor:
   return tf.add_n(block_sizes(blocks)) if blocks else tf.constant(0)
 
 
+class _Blocks:
+  """The blocks in a TensorArray, with their sizes and row offsets, so that per-block work
+  runs in a `tf.while_loop` (one iteration at a time): the graph stays the same size
+  for any number of blocks (a TFF worker loads and optimises every graph it runs)."""
+
+  def __init__(self, blocks):
+    rows = rows_of(blocks)
+    self.count = len(rows)
+    self.dtype = rows[0].dtype
+    self.sizes = tf.stack([tf.shape(b)[0] for b in rows])
+    self.offsets = tf.concat([[0], tf.cumsum(self.sizes)], axis=0)
+    self.num_rows = self.offsets[-1]
+    self.dim = tf.shape(rows[0])[1]
+    array = tf.TensorArray(self.dtype, size=self.count, infer_shape=False,
+                           clear_after_read=False, element_shape=tf.TensorShape([None, None]))
+    for g, b in enumerate(rows):
+      array = array.write(g, b)
+    self.array = array
+
+  def read(self, g):
+    return tf.reshape(self.array.read(g), [self.sizes[g], self.dim])
+
+  def rows_of(self, g):
+    """(start, stop) of block g's rows."""
+    return self.offsets[g], self.offsets[g + 1]
+
+  def map_rows(self, fn, dtype):
+    """concat over g of fn(g, block_g) ([m_g] or [m_g, k] each), in a while loop."""
+    out = tf.TensorArray(dtype, size=self.count, infer_shape=False)
+
+    def body(g, out):
+      return g + 1, out.write(g, fn(g, self.read(g)))
+
+    _, out = tf.while_loop(lambda g, _: g < self.count, body, (tf.constant(0), out),
+                           parallel_iterations=1)
+    return out.concat()
+
+
 def finite_entries(blocks) -> tf.Tensor:
   """bool [n]: rows without NaN or Inf."""
-  return tf.concat([tf.reduce_all(tf.math.is_finite(b), axis=1) for b in rows_of(blocks)],
-                   axis=0)
+  if not blocks:
+    return tf.zeros([0], tf.bool)
+  b = _Blocks(blocks)
+  return tf.reshape(b.map_rows(lambda g, x: tf.reduce_all(tf.math.is_finite(x), axis=1), tf.bool),
+                    [b.num_rows])
 
 
 def _pow2(k: tf.Tensor) -> tf.Tensor:
@@ -87,23 +128,36 @@ def _exp2_f64(e: tf.Tensor) -> tf.Tensor:
 def l2_norms(blocks) -> tf.Tensor:
   """float64 [n] L2 norm of each row, without overflow; NaN for rows with NaN or Inf.
 
-  Computed as 2^e * ||row * 2^-e|| (the scaled row's norm summed in float32,
-  at most sqrt(d)), so even rows of 3e38 get a finite norm.
+  Computed as 2^e * ||row * 2^-e|| (the scaled row's squares summed in
+  float64, at most d), so even rows of 3e38 get a finite (float64) norm, equal
+  to sqrt(sum(float64(x)^2)) up to summation order.
   """
-  out = []
-  for b in rows_of(blocks):
+  if not blocks:
+    return tf.zeros([0], tf.float64)
+
+  def norms(g, b):
+    del g
     e, finite = _exponents(b)
-    u = _scaled(b, e, finite)
-    scaled_norm = tf.sqrt(tf.cast(tf.reduce_sum(tf.square(u), axis=1), tf.float64))
-    norm = _exp2_f64(e) * scaled_norm
-    out.append(tf.where(finite, norm, tf.constant(float('nan'), tf.float64)))
-  return tf.concat(out, axis=0)
+    u64 = tf.cast(_scaled(b, e, finite), tf.float64)  # one block in float64: as exact as NumPy
+    norm = _exp2_f64(e) * tf.sqrt(tf.reduce_sum(tf.square(u64), axis=1))
+    return tf.where(finite, norm, tf.constant(float('nan'), tf.float64))
+
+  b = _Blocks(blocks)
+  return tf.reshape(b.map_rows(norms, tf.float64), [b.num_rows])
+
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def finite_rows(blocks, norms: Optional[tf.Tensor] = None) -> tf.Tensor:
-  """bool [n]: rows whose entries AND L2 norm are finite (the clients to consider)."""
+  """bool [n]: the clients a defense considers: rows whose entries are finite and whose
+  L2 norm (computed without overflow) is finite in float32, i.e. at most float32's max.
+
+  A finite row of 3e38 has a norm of about 3e38 * sqrt(d): it is treated like a
+  NaN row (never admitted, not in the median norm, not in any statistic).
+  """
   norms = l2_norms(blocks) if norms is None else norms
-  return finite_entries(blocks) & tf.math.is_finite(norms)
+  return finite_entries(blocks) & (tf.cast(norms, tf.float64) <= FLOAT32_MAX)
 
 
 def _points(block, reference):
@@ -119,43 +173,64 @@ def gram_matrix(blocks, compute_dtype=tf.float32,
   float64: each block pair cast on the fly, for distances between close
   rows, where float32 cancellation matters), and the scales are put back in
   float64, so no entry can overflow. Rows with NaN or Inf give zero rows and
-  columns. Pairs are computed one after another (control dependencies), so
-  at most two scaled blocks exist at a time.
+  columns.
+
+  The pairs a <= b run in a `tf.while_loop` with one iteration at a time, so
+  at most two scaled blocks exist at once and the graph stays small for any
+  number of blocks: row strip a is [0.5 * P_aa, P_a,a+1, ..., P_a,G-1] (the
+  blocks left of the diagonal are zero) and the Gram matrix is S + S^T
+  (halving and doubling are exact).
 
   With `reference` ([d], the global model), the points are reference - x_i
   (FLAME's model space), formed block by block.
   """
-  blocks = rows_of(blocks)
   compute_dtype = tf.as_dtype(compute_dtype)
   num = len(blocks)
-  products = [[None] * num for _ in range(num)]
-  exponents = []
-  previous = []
-  for b in range(num):
-    with tf.control_dependencies(previous):
-      pb = _points(blocks[b], reference)
-      eb, fb = _exponents(pb)
-      ub = tf.cast(_scaled(pb, eb, fb), compute_dtype)
-    exponents.append(eb)
-    for a in range(b + 1):
-      with tf.control_dependencies(previous):
-        if a == b:
-          ua = ub
-        else:
-          pa = _points(blocks[a], reference)
-          ea, fa = _exponents(pa)
-          ua = tf.cast(_scaled(pa, ea, fa), compute_dtype)
-        product = tf.cast(tf.matmul(ua, ub, transpose_b=True), tf.float64)
-      products[a][b] = product
-      previous = [product]
   if num == 0:
     return tf.zeros([0, 0], tf.float64)
-  rows = []
-  for a in range(num):
-    rows.append(tf.concat([products[a][b] if a <= b else tf.transpose(products[b][a])
-                           for b in range(num)], axis=1))
-  scaled_gram = tf.concat(rows, axis=0)
-  scale = _exp2_f64(tf.concat(exponents, axis=0))
+  stored = _Blocks(blocks)
+  sizes, offsets, n = stored.sizes, stored.offsets, stored.num_rows
+
+  def exponents_of(g, block):
+    del g
+    e, f = _exponents(_points(block, reference))
+    return tf.stack([e, tf.cast(f, tf.int32)], axis=1)
+
+  exponent_and_finite = tf.reshape(stored.map_rows(exponents_of, tf.int32), [n, 2])
+  exponent = exponent_and_finite[:, 0]
+  finite = tf.cast(exponent_and_finite[:, 1], tf.bool)
+
+  def scaled(g):
+    start, stop = offsets[g], offsets[g + 1]
+    block = _points(stored.read(g), reference)
+    return tf.cast(_scaled(block, exponent[start:stop], finite[start:stop]), compute_dtype)
+
+  def strip(a):
+    ua = scaled(a)
+    left = tf.zeros([sizes[a], offsets[a]], tf.float64)
+
+    def pair(b, parts):
+      product = tf.cast(tf.matmul(ua, scaled(b), transpose_b=True), tf.float64)
+      product = tf.where(tf.equal(a, b), 0.5 * product, product)
+      return b + 1, parts.write(b - a, tf.transpose(product))
+
+    parts = tf.TensorArray(tf.float64, size=num - a, infer_shape=False,
+                           element_shape=tf.TensorShape([None, None]))
+    _, parts = tf.while_loop(lambda b, _: b < num, pair, (a, parts), parallel_iterations=1)
+    # parts holds the transposed products [m_b, m_a]; concat() stacks them along b.
+    right = tf.reshape(parts.concat(), [n - offsets[a], sizes[a]])
+    return tf.concat([left, tf.transpose(right)], axis=1)
+
+  def row(a, strips):
+    return a + 1, strips.write(a, strip(a))
+
+  strips = tf.TensorArray(tf.float64, size=num, infer_shape=False,
+                          element_shape=tf.TensorShape([None, None]))
+  _, strips = tf.while_loop(lambda a, _: a < num, row, (tf.constant(0), strips),
+                            parallel_iterations=1)
+  half = tf.reshape(strips.concat(), [n, n])
+  scaled_gram = half + tf.transpose(half)
+  scale = _exp2_f64(exponent)
   return scaled_gram * scale[:, tf.newaxis] * scale[tf.newaxis, :]
 
 
@@ -199,19 +274,19 @@ def weighted_sum(blocks, weights: tf.Tensor) -> tf.Tensor:
   Rows with weight 0 are left out entirely (NaN * 0 would be NaN); the
   others are gathered and cast to float64 one block at a time.
   """
-  blocks = rows_of(blocks)
   weights = tf.cast(weights, tf.float64)
-  dim = tf.shape(blocks[0])[1]
-  total = tf.zeros([dim], tf.float64)
-  start = tf.constant(0)
-  for b in blocks:
-    size = tf.shape(b)[0]
-    w = weights[start:start + size]
+  stored = _Blocks(blocks)
+
+  def body(g, total):
+    start, stop = stored.rows_of(g)
+    w = weights[start:stop]
     keep = tf.where(tf.not_equal(w, 0.0))[:, 0]
-    with tf.control_dependencies([total]):
-      rows = tf.cast(tf.gather(b, keep), tf.float64)
-    total = total + tf.linalg.matvec(rows, tf.gather(w, keep), transpose_a=True)
-    start += size
+    rows = tf.cast(tf.gather(stored.read(g), keep), tf.float64)
+    return g + 1, total + tf.linalg.matvec(rows, tf.gather(w, keep), transpose_a=True)
+
+  total = tf.zeros([stored.dim], tf.float64)
+  _, total = tf.while_loop(lambda g, _: g < stored.count, body, (tf.constant(0), total),
+                           parallel_iterations=1)
   return total
 
 

@@ -39,7 +39,7 @@ aggregates run one after another, so the gather's peak is about
   n * max_g(m_g) / 2 * d floats  (vs n^2 / 2 * d for one concatenating gather)
 
 on top of a floor of a few n * d floats (the client values, the final
-accumulators, the sorted G blocks). `num_groups_for` picks G = ceil(n / 4):
+accumulators, the sorted G blocks). `num_groups_for` picks G = ceil(n / 4) (at most 32):
 groups of 4 clients on average, so that the largest group stays near 10 and
 the peak near 5 n * d floats. The price is time: each of the G aggregates
 visits every client, n * G accumulate calls in all (n^2 / 4).
@@ -64,23 +64,25 @@ PAYLOAD = 'payload'
 _GROUP = 'group'
 
 
-def num_groups_for(max_clients: int, rows_per_group: int = 4) -> int:
-  """G = ceil(max_clients / rows_per_group): groups of `rows_per_group` clients on average.
+def num_groups_for(max_clients: int, rows_per_group: int = 4, max_groups: int = 32) -> int:
+  """G = min(ceil(max_clients / rows_per_group), max_groups).
 
   Clients fall into groups by fingerprint, like balls into G bins: a group
   holds Poisson(n / G) clients, and the largest of G groups rarely more than
-  n / G + 3 sqrt(n / G) (about 10 for 4 per group, up to n = 1000). Aggregate
-  g holds about n * m_g / 2 rows (see the module doc), so the gather's peak
-  is about n * 5 * d floats, linear in n, instead of n^2 / 2 * d floats.
-  A larger G lowers memory (down to the floor of a few n * d floats) but
-  costs n accumulate calls per group. Examples: n = 40 -> G = 10,
-  n = 100 -> G = 25.
+  n / G + 3 sqrt(n / G) (about 10 for 4 per group). Aggregate g holds about
+  n * m_g / 2 rows (see the module doc), so the gather's peak is about
+  n * 5 * d floats, linear in n, instead of n^2 / 2 * d floats. A larger G
+  lowers memory (down to the floor of a few n * d floats) but costs n
+  accumulate calls per group, and the first call loads G small TF
+  computations: `max_groups` caps that for a large `max_clients` (past
+  max_groups * rows_per_group clients the groups grow to n / max_groups).
+  Examples: 10 -> 3, 40 -> 10, 100 -> 25, 1000 -> 32.
   """
-  if not isinstance(max_clients, int) or max_clients < 1:
-    raise ValueError(f'max_clients must be a positive int, got {max_clients!r}.')
-  if not isinstance(rows_per_group, int) or rows_per_group < 1:
-    raise ValueError(f'rows_per_group must be a positive int, got {rows_per_group!r}.')
-  return max(1, math.ceil(max_clients / rows_per_group))
+  for name, v in (('max_clients', max_clients), ('rows_per_group', rows_per_group),
+                  ('max_groups', max_groups)):
+    if not isinstance(v, int) or v < 1:
+      raise ValueError(f'{name} must be a positive int, got {v!r}.')
+  return max(1, min(max_groups, math.ceil(max_clients / rows_per_group)))
 
 
 def _leaves(value_type) -> list:
