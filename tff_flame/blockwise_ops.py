@@ -27,17 +27,36 @@ from typing import Optional
 
 import tensorflow as tf
 
-_ROWS = 'rows'  # grouped_gather.ROWS, without importing TFF here.
+_ROWS = 'rows'  # grouped_gather.ROWS and ORDER, without importing TFF here.
+_ORDER = 'order'
+
+
+def _rows_and_order(block):
+  """(rows [m, d], order [m] or None) of a tensor or a gathered block."""
+  if isinstance(block, dict):
+    order = block.get(_ORDER)
+    return tf.convert_to_tensor(block[_ROWS]), (None if order is None else
+                                                tf.convert_to_tensor(order))
+  return tf.convert_to_tensor(block), None
 
 
 def rows_of(blocks) -> list:
-  """The [m_g, d] row tensors of a list of blocks (tensors or gathered OrderedDicts)."""
-  return [tf.convert_to_tensor(b[_ROWS] if isinstance(b, dict) else b) for b in blocks]
+  """The [m_g, d] row tensors of a list of blocks, in their canonical order.
+
+  A gathered block with an `order` is read as rows[order]: a copy of the
+  block, so use this only where a copy is meant (`concat_rows`); the other
+  functions here apply `order` one block at a time.
+  """
+  out = []
+  for b in blocks:
+    rows, order = _rows_and_order(b)
+    out.append(rows if order is None else tf.gather(rows, order))
+  return out
 
 
 def block_sizes(blocks) -> list:
   """int32 scalars m_g."""
-  return [tf.shape(b)[0] for b in rows_of(blocks)]
+  return [tf.shape(_rows_and_order(b)[0])[0] for b in blocks]
 
 
 def num_rows(blocks) -> tf.Tensor:
@@ -51,21 +70,29 @@ class _Blocks:
   for any number of blocks (a TFF worker loads and optimises every graph it runs)."""
 
   def __init__(self, blocks):
-    rows = rows_of(blocks)
+    pairs = [_rows_and_order(b) for b in blocks]
+    rows = [r for r, _ in pairs]
     self.count = len(rows)
     self.dtype = rows[0].dtype
-    self.sizes = tf.stack([tf.shape(b)[0] for b in rows])
+    self.sizes = tf.stack([tf.shape(r)[0] for r in rows])
     self.offsets = tf.concat([[0], tf.cumsum(self.sizes)], axis=0)
     self.num_rows = self.offsets[-1]
     self.dim = tf.shape(rows[0])[1]
     array = tf.TensorArray(self.dtype, size=self.count, infer_shape=False,
                            clear_after_read=False, element_shape=tf.TensorShape([None, None]))
-    for g, b in enumerate(rows):
-      array = array.write(g, b)
+    orders = tf.TensorArray(tf.int32, size=self.count, infer_shape=False,
+                            clear_after_read=False, element_shape=tf.TensorShape([None]))
+    for g, (r, order) in enumerate(pairs):
+      array = array.write(g, r)
+      orders = orders.write(g, tf.range(tf.shape(r)[0]) if order is None else
+                            tf.cast(order, tf.int32))
     self.array = array
+    self.orders = orders
 
   def read(self, g):
-    return tf.reshape(self.array.read(g), [self.sizes[g], self.dim])
+    """Block g's rows in canonical order (a block-sized copy)."""
+    rows = tf.reshape(self.array.read(g), [self.sizes[g], self.dim])
+    return tf.gather(rows, tf.reshape(self.orders.read(g), [self.sizes[g]]))
 
   def rows_of(self, g):
     """(start, stop) of block g's rows."""
@@ -157,7 +184,8 @@ def finite_rows(blocks, norms: Optional[tf.Tensor] = None) -> tf.Tensor:
   NaN row (never admitted, not in the median norm, not in any statistic).
   """
   norms = l2_norms(blocks) if norms is None else norms
-  return finite_entries(blocks) & (tf.cast(norms, tf.float64) <= FLOAT32_MAX)
+  # l2_norms is NaN exactly for the rows with NaN or Inf entries.
+  return tf.math.is_finite(norms) & (tf.cast(norms, tf.float64) <= FLOAT32_MAX)
 
 
 def _points(block, reference):
@@ -311,14 +339,15 @@ def clipped_masked_sum(blocks, norms: tf.Tensor, bound: tf.Tensor,
 
 def concat_rows(blocks, keep: Optional[tf.Tensor] = None) -> tf.Tensor:
   """[m, d]: the rows (all, or those where the bool [n] `keep` is True), concatenated once."""
-  rows = rows_of(blocks)
   if keep is None:
-    return tf.concat(rows, axis=0)
+    return tf.concat(rows_of(blocks), axis=0)
   kept = []
   start = tf.constant(0)
-  for b in rows:
-    size = tf.shape(b)[0]
-    kept.append(tf.boolean_mask(b, keep[start:start + size]))
+  for b in blocks:
+    rows, order = _rows_and_order(b)
+    size = tf.shape(rows)[0]
+    index = tf.range(size) if order is None else tf.cast(order, tf.int32)
+    kept.append(tf.gather(rows, tf.boolean_mask(index, keep[start:start + size])))
     start += size
   return tf.concat(kept, axis=0)
 

@@ -154,14 +154,14 @@ def flame_round_blocks(blocks,
   whose norm exceeds float32's max (e.g. all entries 3e38) is treated like a
   NaN client: never clustered, admitted or counted in S_t.
   """
-  blocks = blockwise_ops.rows_of(blocks)
   n = blockwise_ops.num_rows(blocks)
   if min_cluster_size is None:
     min_cluster_size = default_min_cluster_size(n)
   min_cluster_size = tf.cast(min_cluster_size, tf.int32)
   norms = blockwise_ops.l2_norms(blocks)
   finite = blockwise_ops.finite_rows(blocks, norms)
-  gram = blockwise_ops.gram_matrix(blocks, tf.float32, reference=global_model)
+  with tf.control_dependencies([norms]):  # one pass over the blocks at a time
+    gram = blockwise_ops.gram_matrix(blocks, tf.float32, reference=global_model)
   distances = blockwise_ops.cosine_distances_from_gram(gram)
   labels, admitted = cluster_from_distances(distances, finite, min_cluster_size, min_samples,
                                             labels_fn)
@@ -209,19 +209,22 @@ class FlameFactory(gathered.GatheredAggregationFactory):
                min_samples: int = 1,
                seed: int = 0,
                max_clients: int = 1000,
-               clustering_space: str = 'update'):
+               clustering_space: str = 'update',
+               num_groups: Optional[int] = None):
     """Args:
       noise_lambda: sigma = noise_lambda * S_t (0.001 image tasks, 0.01 IoT in
         the paper; see `noise_lambda_from_privacy`).
       min_cluster_size: HDBSCAN's minimum cluster size; None = n // 2 + 1.
       min_samples: HDBSCAN's min_samples (the paper's implementation uses 1).
       seed: seeds the noise; the round number is folded in through the state.
-      max_clients: most clients per round (the server gathers them all).
+      max_clients: most clients per round (the server gathers them all; a
+        round with more fails).
       clustering_space: 'update' clusters the updates delta_i (what a TFF
         aggregator receives); 'model' clusters the local models G - delta_i
         and needs the global model.
+      num_groups: the gather's groups G; None = `gathered.num_groups_for(max_clients)`.
     """
-    super().__init__(max_clients=max_clients)
+    super().__init__(max_clients=max_clients, num_groups=num_groups)
     if not noise_lambda >= 0:
       raise ValueError(f'noise_lambda must be >= 0, got {noise_lambda!r}.')
     if min_cluster_size is not None and (not isinstance(min_cluster_size, int) or

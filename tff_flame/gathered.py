@@ -100,6 +100,8 @@ def _concat_payload(blocks):
   payloads = [b[grouped_gather.PAYLOAD] for b in blocks]
   if isinstance(payloads[0], tff.structure.Struct):
     payloads = [tff.structure.to_odict_or_tuple(p, recursive=True) for p in payloads]
+  payloads = [tf.nest.map_structure(lambda x, b=b: tf.gather(x, b[grouped_gather.ORDER]), p)
+              for p, b in zip(payloads, blocks)]
   return tf.nest.map_structure(lambda *xs: tf.concat(xs, axis=0), *payloads)
 
 
@@ -139,11 +141,14 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
   def server_step(self, state, blocks: list, global_model: Optional[tf.Tensor]):
     """Returns (new_state, aggregate [d], measurements) for the gathered updates.
 
-    `blocks` is a list of G float32 tensors [m_g, d] (some may be empty);
-    row i of the updates is row i of the blocks taken in order, and per-row
-    measurements must use that order. Work on them with
-    `tff_flame.blockwise_ops` (never build an [n, d] temporary you do not
-    need). `global_model` is the flattened float32 [d] global model when
+    `blocks` is a list of G gathered blocks, OrderedDict(rows=float32
+    [m_g, d], order=int32 [m_g]) (some may be empty): block g's rows in
+    canonical order are rows[order]. Row i of the updates is row i of the
+    blocks read that way, taken in order, and per-row measurements must use
+    that order. Work on them with `tff_flame.blockwise_ops`, which reads
+    each block through its order one block at a time (never build an
+    [n, d] temporary you do not need; `blockwise_ops.concat_rows` builds
+    one, for coordinate-wise statistics). `global_model` is the flattened float32 [d] global model when
     `requires_global_model`, else None.
     """
 
@@ -180,6 +185,7 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     def server_body(state, gathered, num_clients, global_model):
       blocks = grouped_gather.blocks_of(gathered)
       rows = [b[grouped_gather.ROWS] for b in blocks]
+      orders = [b[grouped_gather.ORDER] for b in blocks]
       n = tf.add_n([tf.shape(r)[0] for r in rows])
       checks = [
           tf.debugging.assert_less_equal(
@@ -188,11 +194,13 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
               'raise max_clients so that every update reaches the defense.'),
           tf.debugging.assert_equal(n, num_clients, message='the gather lost client rows.')]
       with tf.control_dependencies(checks):
-        rows = [tf.identity(r) for r in rows]
+        orders = [tf.identity(o) for o in orders]
+      # Rows stay where the gather put them; `order` is applied one block at a time.
+      row_blocks = [collections.OrderedDict(rows=r, order=o) for r, o in zip(rows, orders)]
       if global_model is not None:
         global_model = stacked_ops.flatten_rows(
             [tf.expand_dims(x, 0) for x in leaves_of(global_model)])[0]
-      new_state, aggregate, measurements = self.server_step(state, rows, global_model)
+      new_state, aggregate, measurements = self.server_step(state, row_blocks, global_model)
       if with_payload:
         measurements = collections.OrderedDict(measurements, payload=_concat_payload(blocks))
       result = _pack_like(value_type, stacked_ops.unflatten_vector(aggregate, specs))

@@ -22,12 +22,16 @@ execution context):
      g, and its (shared) `accumulate` appends the client's flattened row,
      fingerprint and payload when the client's group is g, else returns the
      accumulator unchanged (a client outside the group adds nothing).
-  3. `report` sorts each group's rows by fingerprint. Groups come in the
-     order g = 0..G-1, so the rows at the server are in a canonical order,
-     (group, fingerprint), that depends only on the multiset of client values:
-     results do not depend on the order TFF visits clients in. Rows with the
-     same fingerprint are (up to a 2^-64 collision) byte-identical values with
-     identical payloads, so their relative order does not matter.
+  3. `report` adds `order`, the permutation that sorts the group's rows by
+     fingerprint, without moving any row (TFF's runtime would keep both
+     copies until the computation ends). Read block g's rows in the order
+     rows[order] (`sorted_block`, or `blockwise_ops`, which applies `order`
+     one block at a time). Groups come in the order g = 0..G-1, so the rows
+     read that way are in a canonical order, (group, fingerprint), that
+     depends only on the multiset of client values: results do not depend on
+     the order TFF visits clients in. Rows with the same fingerprint are (up
+     to a 2^-64 collision) byte-identical values with identical payloads, so
+     their relative order does not matter.
 
 Memory (measured with benchmarks/grouped_gather_memory.py): the runtime
 gives every `accumulate` result a new buffer, also when a client outside the
@@ -61,6 +65,7 @@ import tensorflow_federated as tff
 ROWS = 'rows'
 FINGERPRINTS = 'fingerprints'
 PAYLOAD = 'payload'
+ORDER = 'order'
 _GROUP = 'group'
 
 
@@ -167,10 +172,13 @@ class GroupedGather:
   with a list of client values, as any TFF computation). The result is a
   server-placed list of G OrderedDicts, one per group g = 0..G-1:
 
-    rows:         float32 [m_g, d], the flattened client values of group g;
-    fingerprints: int64 [m_g], the rows' fingerprints, ascending;
+    rows:         float32 [m_g, d], the flattened client values of group g,
+                  in arrival order;
+    fingerprints: int64 [m_g], the rows' fingerprints, aligned with rows;
     payload:      (only with a payload) the payload structure, leaves
-                  [m_g, ...], aligned with rows.
+                  [m_g, ...], aligned with rows;
+    order:        int32 [m_g], the canonical order: rows[order] are sorted
+                  by fingerprint (see `sorted_block`).
 
   sum_g m_g = n, and the rows are the clients' values exactly (float leaves
   cast to float32, as `gathered_factory` does), NaN and Inf included.
@@ -215,7 +223,8 @@ class GroupedGather:
                     (FINGERPRINTS, tff.TensorType(np.int64, [None]))]
     if with_payload:
       block_fields.append((PAYLOAD, _add_leading_dim(payload_type)))
-    block_type = tff.StructWithPythonType(block_fields, collections.OrderedDict)
+    block_type = tff.StructWithPythonType(
+        block_fields + [(ORDER, tff.TensorType(np.int32, [None]))], collections.OrderedDict)
     accumulator_type = tff.StructWithPythonType(
         block_fields + [(_GROUP, tff.TensorType(np.int32))], collections.OrderedDict)
     self.block_type = block_type
@@ -275,10 +284,11 @@ class GroupedGather:
 
     @tff.tensorflow.computation(accumulator_type)
     def report(acc):
-      order = tf.argsort(acc[FINGERPRINTS], stable=True)
-      return collections.OrderedDict(
-          (k, tf.nest.map_structure(lambda x: tf.gather(x, order), acc[k]))
-          for k in acc if k != _GROUP)
+      # No row is moved here (a copy of every row would stay alive until the
+      # computation ends): consumers read rows through `order`.
+      out = collections.OrderedDict((k, acc[k]) for k in acc if k != _GROUP)
+      out[ORDER] = tf.argsort(acc[FINGERPRINTS], stable=True, direction='ASCENDING')
+      return out
 
     zeros = [zero_for(g) for g in range(num_groups)]
 
@@ -312,6 +322,16 @@ def blocks_of(result) -> list:
   if isinstance(result, tff.structure.Struct):
     result = tff.structure.to_odict_or_tuple(result, recursive=True)
   return list(result)
+
+
+def sorted_block(block) -> collections.OrderedDict:
+  """The block with rows, fingerprints and payload in its canonical order (copies the rows)."""
+  order = block[ORDER]
+  out = collections.OrderedDict()
+  for k in block:
+    if k != ORDER:
+      out[k] = tf.nest.map_structure(lambda x: tf.gather(x, order), block[k])
+  return out
 
 
 def unflatten_row(row: tf.Tensor, specs) -> list:

@@ -94,12 +94,12 @@ def krum_round_blocks(blocks, num_byzantine: int, num_selected=None):
   selected rows are averaged block by block in float64. A client whose norm
   exceeds float32's max counts as non-finite (see `blockwise_ops.finite_rows`).
   """
-  blocks = blockwise_ops.rows_of(blocks)
   n = blockwise_ops.num_rows(blocks)
   finite = blockwise_ops.finite_rows(blocks)
   index = tf.cast(tf.where(finite)[:, 0], tf.int32)
   m = tf.shape(index)[0]
-  gram = blockwise_ops.gram_matrix(blocks, tf.float64)
+  with tf.control_dependencies([finite]):  # one pass over the blocks at a time
+    gram = blockwise_ops.gram_matrix(blocks, tf.float64)
   gram = tf.gather(tf.gather(gram, index), index, axis=1)
   scores, k, holds = krum_scores_from_distances(
       blockwise_ops.squared_distances_from_gram(gram), num_byzantine)
@@ -125,7 +125,6 @@ def coordinate_round_blocks(blocks, statistic):
   `blockwise_ops.trimmed_mean`. A client whose norm exceeds float32's max
   counts as non-finite.
   """
-  blocks = blockwise_ops.rows_of(blocks)
   n = blockwise_ops.num_rows(blocks)
   finite = blockwise_ops.finite_rows(blocks)
   rows = blockwise_ops.concat_rows(blocks, finite)

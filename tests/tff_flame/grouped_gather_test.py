@@ -48,11 +48,24 @@ def gathers():
   return {}
 
 
+def canonical(blocks):
+  """The blocks as NumPy, every field read through the block's `order` (and `order` dropped)."""
+  out = []
+  for block in grouped_gather.blocks_of(blocks):
+    order = np.asarray(block['order']).reshape(-1)
+    assert sorted(order.tolist()) == list(range(len(order)))
+    out.append({k: tf.nest.map_structure(lambda x: np.asarray(x)[order], v)
+                for k, v in block.items() if k != 'order'})
+  return out
+
+
 def get_gather(cache, g, with_payload):
+  """The gather, returning its blocks in canonical order (see `canonical`)."""
   key = (g, with_payload)
   if key not in cache:
-    cache[key] = grouped_gather.build_grouped_gather(
+    gather = grouped_gather.build_grouped_gather(
         LABELLED_TYPE if with_payload else VALUE_TYPE, g, with_payload=with_payload)
+    cache[key] = lambda values: canonical(gather(values))
   return cache[key]
 
 
