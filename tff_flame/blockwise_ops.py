@@ -89,25 +89,44 @@ class _Blocks:
     self.array = array
     self.orders = orders
 
-  def read(self, g):
-    """Block g's rows in canonical order (a block-sized copy)."""
-    rows = tf.reshape(self.array.read(g), [self.sizes[g], self.dim])
-    return tf.gather(rows, tf.reshape(self.orders.read(g), [self.sizes[g]]))
+  def read_raw(self, g):
+    """Block g's rows as stored (no copy)."""
+    return tf.reshape(self.array.read(g), [self.sizes[g], self.dim])
+
+  def order(self, g):
+    return tf.reshape(self.orders.read(g), [self.sizes[g]])
+
+  def read(self, g, index=None):
+    """Block g's rows in canonical order, or its rows `index` (canonical positions): a copy."""
+    order = self.order(g)
+    return tf.gather(self.read_raw(g), order if index is None else tf.gather(order, index))
+
+  def permutation(self):
+    """int32 [n]: the stored position of the i-th row in canonical order."""
+    parts = tf.TensorArray(tf.int32, size=self.count, infer_shape=False,
+                           element_shape=tf.TensorShape([None]))
+
+    def body(g, parts):
+      return g + 1, parts.write(g, self.offsets[g] + self.order(g))
+
+    _, parts = tf.while_loop(lambda g, _: g < self.count, body, (tf.constant(0), parts))
+    return tf.reshape(parts.concat(), [self.num_rows])
+
+  def map_raw_rows(self, fn, dtype):
+    """fn(g, stored block g) per block ([m_g] or [m_g, k]), concatenated and put in
+    canonical order (row-wise results do not depend on the order rows are stored in)."""
+    out = tf.TensorArray(dtype, size=self.count, infer_shape=False)
+
+    def body(g, out):
+      return g + 1, out.write(g, fn(g, self.read_raw(g)))
+
+    _, out = tf.while_loop(lambda g, _: g < self.count, body, (tf.constant(0), out),
+                           parallel_iterations=1)
+    return tf.gather(out.concat(), self.permutation())
 
   def rows_of(self, g):
     """(start, stop) of block g's rows."""
     return self.offsets[g], self.offsets[g + 1]
-
-  def map_rows(self, fn, dtype):
-    """concat over g of fn(g, block_g) ([m_g] or [m_g, k] each), in a while loop."""
-    out = tf.TensorArray(dtype, size=self.count, infer_shape=False)
-
-    def body(g, out):
-      return g + 1, out.write(g, fn(g, self.read(g)))
-
-    _, out = tf.while_loop(lambda g, _: g < self.count, body, (tf.constant(0), out),
-                           parallel_iterations=1)
-    return out.concat()
 
 
 def finite_entries(blocks) -> tf.Tensor:
@@ -115,8 +134,9 @@ def finite_entries(blocks) -> tf.Tensor:
   if not blocks:
     return tf.zeros([0], tf.bool)
   b = _Blocks(blocks)
-  return tf.reshape(b.map_rows(lambda g, x: tf.reduce_all(tf.math.is_finite(x), axis=1), tf.bool),
-                    [b.num_rows])
+  return tf.reshape(
+      b.map_raw_rows(lambda g, x: tf.reduce_all(tf.math.is_finite(x), axis=1), tf.bool),
+      [b.num_rows])
 
 
 def _pow2(k: tf.Tensor) -> tf.Tensor:
@@ -124,14 +144,19 @@ def _pow2(k: tf.Tensor) -> tf.Tensor:
   return tf.bitcast(tf.bitwise.left_shift(k + 127, 23), tf.float32)
 
 
-def _exponents(block: tf.Tensor):
+def _exponents(block: tf.Tensor, safe_range: bool = False):
   """(e int32 [m], finite bool [m]): 2^e is about the largest |entry| of each row.
 
-  e = 0 for zero and non-finite rows. Range: [-149, 129] for finite rows.
+  e = 0 for zero and non-finite rows (and with `safe_range`, for rows that
+  need no scaling). Range: [-149, 129] for finite rows.
   """
   finite = tf.reduce_all(tf.math.is_finite(block), axis=1)
   max_abs = tf.cast(tf.reduce_max(tf.abs(block), axis=1), tf.float64)
   usable = finite & (max_abs > 0.0)
+  if safe_range:
+    # Rows with max |entry| in [2^-40, 2^40] need no scaling: their squares sum
+    # to at most d * 2^80 (no overflow for d < 2^47) and stay normal.
+    usable = usable & ((max_abs > 2.0**40) | (max_abs < 2.0**-40))
   log2 = tf.math.log(tf.where(usable, max_abs, 1.0)) / tf.math.log(tf.constant(2.0, tf.float64))
   e = tf.cast(tf.floor(log2), tf.int32) + 1
   return tf.where(usable, e, 0), finite
@@ -170,7 +195,7 @@ def l2_norms(blocks) -> tf.Tensor:
     return tf.where(finite, norm, tf.constant(float('nan'), tf.float64))
 
   b = _Blocks(blocks)
-  return tf.reshape(b.map_rows(norms, tf.float64), [b.num_rows])
+  return tf.reshape(b.map_raw_rows(norms, tf.float64), [b.num_rows])
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -196,8 +221,9 @@ def gram_matrix(blocks, compute_dtype=tf.float32,
                 reference: Optional[tf.Tensor] = None) -> tf.Tensor:
   """float64 [n, n] Gram matrix <x_i, x_j> of the rows, built block pair by block pair.
 
-  Each row is scaled exactly by 2^-e_i first, the scaled blocks are
-  multiplied in `compute_dtype` (float32: as fast as a plain float32 matmul;
+  A row whose largest |entry| is outside [2^-40, 2^40] (or a block with NaN
+  or Inf) is scaled exactly by 2^-e_i first, the blocks are multiplied in
+  `compute_dtype` (float32: as fast as a plain float32 matmul;
   float64: each block pair cast on the fly, for distances between close
   rows, where float32 cancellation matters), and the scales are put back in
   float64, so no entry can overflow. Rows with NaN or Inf give zero rows and
@@ -219,19 +245,28 @@ def gram_matrix(blocks, compute_dtype=tf.float32,
   stored = _Blocks(blocks)
   sizes, offsets, n = stored.sizes, stored.offsets, stored.num_rows
 
-  def exponents_of(g, block):
-    del g
-    e, f = _exponents(_points(block, reference))
+  # Computed on the rows as stored; the [n, n] result is put in canonical
+  # order at the end (a Gram entry does not depend on where its rows are).
+  def exponents_of(g):
+    e, f = _exponents(_points(stored.read_raw(g), reference), safe_range=True)
     return tf.stack([e, tf.cast(f, tf.int32)], axis=1)
 
-  exponent_and_finite = tf.reshape(stored.map_rows(exponents_of, tf.int32), [n, 2])
+  parts = tf.TensorArray(tf.int32, size=num, infer_shape=False)
+  _, parts = tf.while_loop(lambda g, _: g < num,
+                           lambda g, parts: (g + 1, parts.write(g, exponents_of(g))),
+                           (tf.constant(0), parts), parallel_iterations=1)
+  exponent_and_finite = tf.reshape(parts.concat(), [n, 2])
   exponent = exponent_and_finite[:, 0]
   finite = tf.cast(exponent_and_finite[:, 1], tf.bool)
 
   def scaled(g):
     start, stop = offsets[g], offsets[g + 1]
-    block = _points(stored.read(g), reference)
-    return tf.cast(_scaled(block, exponent[start:stop], finite[start:stop]), compute_dtype)
+    block = _points(stored.read_raw(g), reference)
+    e, f = exponent[start:stop], finite[start:stop]
+    # Most blocks need no scaling and have no NaN/Inf: then no copy at all.
+    plain = tf.reduce_all(tf.equal(e, 0)) & tf.reduce_all(f)
+    block = tf.cond(plain, lambda: block, lambda: _scaled(block, e, f))
+    return tf.cast(block, compute_dtype)
 
   def strip(a):
     ua = scaled(a)
@@ -259,7 +294,9 @@ def gram_matrix(blocks, compute_dtype=tf.float32,
   half = tf.reshape(strips.concat(), [n, n])
   scaled_gram = half + tf.transpose(half)
   scale = _exp2_f64(exponent)
-  return scaled_gram * scale[:, tf.newaxis] * scale[tf.newaxis, :]
+  gram = scaled_gram * scale[:, tf.newaxis] * scale[tf.newaxis, :]
+  perm = stored.permutation()
+  return tf.gather(tf.gather(gram, perm), perm, axis=1)
 
 
 def norms_from_gram(gram: tf.Tensor) -> tf.Tensor:
@@ -308,8 +345,8 @@ def weighted_sum(blocks, weights: tf.Tensor) -> tf.Tensor:
   def body(g, total):
     start, stop = stored.rows_of(g)
     w = weights[start:stop]
-    keep = tf.where(tf.not_equal(w, 0.0))[:, 0]
-    rows = tf.cast(tf.gather(stored.read(g), keep), tf.float64)
+    keep = tf.cast(tf.where(tf.not_equal(w, 0.0))[:, 0], tf.int32)
+    rows = tf.cast(stored.read(g, keep), tf.float64)
     return g + 1, total + tf.linalg.matvec(rows, tf.gather(w, keep), transpose_a=True)
 
   total = tf.zeros([stored.dim], tf.float64)
