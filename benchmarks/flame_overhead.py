@@ -143,7 +143,8 @@ def main(argv):
   labels_tf = tf.function(clustering.hdbscan_labels, input_signature=[
       tf.TensorSpec([None, None], tf.float64), tf.TensorSpec([], tf.int32),
       tf.TensorSpec([], tf.int32)])
-  print(f"\n{'n':>5} {'TF clustering s':>16} {'hdbscan pkg s':>14} {'TF/pkg':>8} {'same labels':>12}")
+  print(f"\n{'n':>5} {'TF clustering s':>16} {'hdbscan pkg s':>14} {'TF/pkg':>8} "
+        f"{'same labels':>12}")
   for n in sizes:
     x = rng.normal(size=(n, 64)) + np.where(np.arange(n)[:, None] < n // 3, -2.0, 2.0)
     d = stacked_ops.cosine_distances(tf.constant(x)).numpy()

@@ -148,8 +148,8 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     that order. Work on them with `tff_flame.blockwise_ops`, which reads
     each block through its order one block at a time (never build an
     [n, d] temporary you do not need; `blockwise_ops.concat_rows` builds
-    one, for coordinate-wise statistics). `global_model` is the flattened float32 [d] global model when
-    `requires_global_model`, else None.
+    one, for coordinate-wise statistics). `global_model` is the flattened
+    float32 [d] global model when `requires_global_model`, else None.
     """
 
   def create(self, value_type) -> tff.templates.AggregationProcess:

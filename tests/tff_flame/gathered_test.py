@@ -228,3 +228,13 @@ def test_huge_clients_break_no_round(processes, name):
         assert m['num_admitted'] >= 1
     else:
       assert m['num_non_finite'] == len(bad), (name, case)
+
+
+@pytest.mark.parametrize('name', ['flame', 'flame_model', 'krum', 'median'])
+def test_defense_rounds_stay_splittable_by_the_mergeable_execution_context(name):
+  """The whole `next` (gather, client count, server step) compiles to MergeableCompForm."""
+  from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler  # pylint: disable=g-import-not-at-top
+  factory = make_aggregator(name)
+  process = factory.create_gathered(VALUE_TYPE)
+  form = mergeable_comp_compiler.compile_to_mergeable_comp_form(process.next)
+  assert type(form).__name__ == 'MergeableCompForm'
