@@ -1,11 +1,27 @@
 """FLAME's cost next to a plain mean, and TF clustering next to the `hdbscan` package.
 
-  python -m benchmarks.flame_overhead [--clients=10,50,100] [--repeats=3]
+  python -m benchmarks.flame_overhead [--clients=10,30,50,100,200] [--repeats=2]
+      [--output_json=PATH]
 
-Prints ratios measured in this one run (machines here are noisy, so only
-ratios from the same run are meaningful). Updates have the shape of the
-EMNIST CNN's trainable weights (about 1.2 M floats); a third of the clients
-push an opposite direction.
+For each n, three variants run, each in a FRESH TFF worker of its own
+(`experiments.tff_worker.local_worker()`): a plain mean
+(`tff.aggregators.UnweightedMeanFactory`), FLAME in update space and FLAME in
+model space (`create_gathered`, the global model at the server), both with
+`max_clients=n` (so G = `num_groups_for(n)` gather groups). Per variant:
+
+  first_s:  the first `next` call (loads the computation into the worker);
+  next_s:   the median of `--repeats` further calls (steady state);
+  peak_mb:  the worker's peak resident memory (VmHWM) right after the FIRST
+            call in the fresh worker. Later calls in a long-lived worker creep
+            up (glibc keeps freed memory; `MALLOC_MMAP_THRESHOLD_=1048576`
+            reduces it), so this is the regime reported.
+
+Updates have the shape of the EMNIST CNN's trainable weights (1.66 M floats);
+a third of the clients push an opposite direction. Machines here are noisy:
+only ratios from the same run are meaningful. `--output_json` writes a list
+of objects, one per n, with keys n, flame_next_s, mean_next_s, flame_peak_mb,
+mean_peak_mb, flame_model_next_s, flame_model_peak_mb, the first-call times
+and the ratios to mean.
 """
 
 import json
@@ -22,14 +38,20 @@ from benchmarks import measure
 from experiments import tff_worker
 from tff_flame import clustering
 from tff_flame import flame
+from tff_flame import gathered
 from tff_flame import stacked_ops
 
-_CLIENTS = flags.DEFINE_list('clients', ['10', '50', '100'], 'Clients per round to time.')
+_CLIENTS = flags.DEFINE_list('clients', ['10', '30', '50', '100'], 'Clients per round to time.')
 _CLUSTER_SIZES = flags.DEFINE_list('cluster_sizes', ['10', '50', '100', '200', '500'],
-                                   'n for the clustering-only comparison.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed repetitions (median reported).',
+                                   'n for the clustering-only comparison (empty: skip).')
+_REPEATS = flags.DEFINE_integer('repeats', 2, 'Timed calls after the first (median reported).',
                                 lower_bound=1)
-_JSON = flags.DEFINE_string('json', None, 'Also write the numbers to this JSON file.')
+_NUM_GROUPS = flags.DEFINE_integer('num_groups', None,
+                                   "FLAME's gather groups G (default: num_groups_for(n)).")
+_OUTPUT_JSON = flags.DEFINE_string('output_json', None,
+                                   'Also write the per-n numbers to this JSON file.')
+
+VARIANTS = ('mean', 'flame', 'flame_model')
 
 
 def emnist_cnn_value_type():
@@ -58,59 +80,79 @@ def client_values(value_type, n, rng):
   return values
 
 
-def time_next(factory, value_type, values, repeats):
-  """(median seconds of `next`, worker peak MB), in a worker of its own."""
-  with tff_worker.local_worker():
-    process = factory.create(value_type)
+def build_next(variant, value_type, n, global_model):
+  """A no-argument callable running one `next` of the variant (state fixed)."""
+  if variant == 'mean':
+    process = tff.aggregators.UnweightedMeanFactory().create(value_type)
     state = process.initialize()
-    seconds = measure.median_seconds(lambda: process.next(state, values), repeats)
-    return seconds, measure.worker_peak_mb()
+    return lambda values: process.next(state, values)
+  factory = flame.FlameFactory(max_clients=n, num_groups=_NUM_GROUPS.value,
+                               clustering_space='model' if variant == 'flame_model' else 'update')
+  process = factory.create_gathered(value_type)
+  state = process.initialize()
+  if factory.requires_global_model:
+    return lambda values: process.next(state, values, global_model)
+  return lambda values: process.next(state, values)
+
+
+def run_variant(variant, value_type, values, global_model, repeats):
+  """(first-call s, median next s, worker peak MB after the first call), in a fresh worker."""
+  with tff_worker.local_worker():
+    run = build_next(variant, value_type, len(values), global_model)
+    first_s = measure.seconds(lambda: run(values))
+    peak_mb = measure.worker_peak_mb()
+    next_s = measure.median_seconds(lambda: run(values), repeats, warm_up=False)
+    return first_s, next_s, peak_mb
 
 
 def main(argv):
   del argv
   rng = np.random.default_rng(0)
-  results = dict(next=[], clustering=[])
+  rows = []
   value_type, num_params = emnist_cnn_value_type()
-  print(f'update size: {num_params} floats (EMNIST CNN trainable weights)')
-  print(f"{'n':>5} {'mean next s':>12} {'FLAME next s':>13} {'FLAME/mean':>11} "
-        f"{'mean peak MB':>13} {'FLAME peak MB':>14} {'ratio':>6}")
+  print(f'update size: {num_params} floats (EMNIST CNN trainable weights); peak = worker '
+        'VmHWM after the first call in a fresh worker; next = median of later calls')
+  print(f"{'n':>5} {'G':>3} {'mean s':>8} {'FLAME s':>8} {'ratio':>6} {'model s':>8} {'ratio':>6}"
+        f" {'mean MB':>8} {'FLAME MB':>9} {'ratio':>6} {'model MB':>9} {'ratio':>6}")
   for n in [int(c) for c in _CLIENTS.value]:
-    need, have = measure.gather_estimate_mb(n, num_params), measure.available_mb()
-    if need > 0.8 * have:
-      print(f'{n:>5} skipped: gathering {n} updates in TFF\'s runtime needs about '
-            f'{need / 1024:.0f} GB, {have / 1024:.0f} GB available')
-      results['next'].append(dict(n=n, skipped=True, estimate_mb=need, available_mb=have))
-      continue
     values = client_values(value_type, n, rng)
-    mean_s, mean_mb = time_next(tff.aggregators.UnweightedMeanFactory(), value_type, values,
-                                _REPEATS.value)
-    flame_s, flame_mb = time_next(flame.FlameFactory(max_clients=max(n, 1000)),
-                                  value_type, values, _REPEATS.value)
-    results['next'].append(dict(n=n, mean_s=mean_s, flame_s=flame_s, ratio=flame_s / mean_s,
-                                mean_peak_mb=mean_mb, flame_peak_mb=flame_mb))
-    print(f'{n:>5} {mean_s:>12.3f} {flame_s:>13.3f} {flame_s / mean_s:>11.2f} '
-          f'{mean_mb:>13.0f} {flame_mb:>14.0f} {flame_mb / mean_mb:>6.1f}', flush=True)
+    global_model = client_values(value_type, 1, rng)[0]
+    out = {v: run_variant(v, value_type, values, global_model, _REPEATS.value)
+           for v in VARIANTS}
     del values
+    num_groups = _NUM_GROUPS.value or gathered.num_groups_for(n)
+    row = dict(n=n, num_groups=num_groups, dim=num_params)
+    for v in VARIANTS:
+      row[f'{v}_first_s'], row[f'{v}_next_s'], row[f'{v}_peak_mb'] = out[v]
+    for v in ('flame', 'flame_model'):
+      row[f'{v}_next_ratio'] = row[f'{v}_next_s'] / row['mean_next_s']
+      row[f'{v}_peak_ratio'] = row[f'{v}_peak_mb'] / row['mean_peak_mb']
+    rows.append(row)
+    print(f"{n:>5} {num_groups:>3} {row['mean_next_s']:>8.2f} {row['flame_next_s']:>8.2f} "
+          f"{row['flame_next_ratio']:>6.2f} {row['flame_model_next_s']:>8.2f} "
+          f"{row['flame_model_next_ratio']:>6.2f} {row['mean_peak_mb']:>8.0f} "
+          f"{row['flame_peak_mb']:>9.0f} {row['flame_peak_ratio']:>6.2f} "
+          f"{row['flame_model_peak_mb']:>9.0f} {row['flame_model_peak_ratio']:>6.2f}", flush=True)
+    if _OUTPUT_JSON.value:  # after every n, so a later failure keeps what was measured
+      with open(_OUTPUT_JSON.value, 'w') as f:
+        json.dump(rows, f, indent=2)
 
+  sizes = [int(c) for c in _CLUSTER_SIZES.value if c]
+  if not sizes:
+    return
   labels_tf = tf.function(clustering.hdbscan_labels, input_signature=[
       tf.TensorSpec([None, None], tf.float64), tf.TensorSpec([], tf.int32),
       tf.TensorSpec([], tf.int32)])
-  print(f"\n{'n':>5} {'TF clustering s':>16} {'hdbscan pkg s':>14} {'TF/pkg':>8} {'same labels':>12}")
-  for n in [int(c) for c in _CLUSTER_SIZES.value]:
+  print(f"\n{'n':>5} {'TF clustering s':>16} {'hdbscan pkg s':>14} {'TF/pkg':>8} "
+        f"{'same labels':>12}")
+  for n in sizes:
     x = rng.normal(size=(n, 64)) + np.where(np.arange(n)[:, None] < n // 3, -2.0, 2.0)
     d = stacked_ops.cosine_distances(tf.constant(x)).numpy()
     mcs = n // 2 + 1
     tf_s = measure.median_seconds(lambda: labels_tf(d, mcs, 1).numpy(), _REPEATS.value)
     pkg_s = measure.median_seconds(lambda: package_labels(d, mcs), _REPEATS.value)
-    same = np.array_equal(labels_tf(d, mcs, 1).numpy() >= 0,
-                          package_labels(d, mcs) >= 0)
-    results['clustering'].append(dict(n=n, tf_s=tf_s, package_s=pkg_s, ratio=tf_s / pkg_s,
-                                      same_noise_set=bool(same)))
+    same = np.array_equal(labels_tf(d, mcs, 1).numpy() >= 0, package_labels(d, mcs) >= 0)
     print(f'{n:>5} {tf_s:>16.4f} {pkg_s:>14.4f} {tf_s / pkg_s:>8.1f} {str(same):>12}')
-  if _JSON.value:
-    with open(_JSON.value, 'w') as f:
-      json.dump(results, f, indent=2)
 
 
 if __name__ == '__main__':

@@ -30,24 +30,32 @@ def build_aggregator(name: str,
                      norm_bound: float = 1.0,
                      dp_noise_multiplier: float = 0.01,
                      clients_per_round: Optional[int] = None,
-                     foolsgold_kappa: float = 1.0
+                     foolsgold_kappa: float = 1.0,
+                     max_clients: Optional[int] = None
                      ) -> tff.aggregators.UnweightedAggregationFactory:
-  """The named defense (see DEFENSES); ValueError names the bad argument."""
+  """The named defense (see DEFENSES); ValueError names the bad argument.
+
+  Gathering defenses (flame, krum, multi_krum, median, trimmed_mean, foolsgold) accept
+  rounds of up to `max_clients` clients (default: `clients_per_round`, else
+  1000), which also sets the gather's number of groups.
+  """
+  max_clients = max_clients or clients_per_round or 1000
   if name == 'none':
     return tff.aggregators.UnweightedMeanFactory()
   if name == 'flame':
     return tff_flame.FlameFactory(noise_lambda=noise_lambda, seed=seed,
-                                  clustering_space=clustering_space)
+                                  clustering_space=clustering_space, max_clients=max_clients)
   if name == 'krum':
-    return tff_flame.KrumFactory(num_byzantine, num_selected=1)
+    return tff_flame.KrumFactory(num_byzantine, num_selected=1, max_clients=max_clients)
   if name == 'multi_krum':
-    return tff_flame.KrumFactory(num_byzantine, num_selected=None)
+    return tff_flame.KrumFactory(num_byzantine, num_selected=None,
+                                 max_clients=max_clients)
   if name == 'median':
-    return tff_flame.CoordinateMedianFactory()
+    return tff_flame.CoordinateMedianFactory(max_clients=max_clients)
   if name == 'trimmed_mean':
-    return tff_flame.TrimmedMeanFactory(trim_fraction)
+    return tff_flame.TrimmedMeanFactory(trim_fraction, max_clients=max_clients)
   if name == 'foolsgold':
-    return tff_flame.FoolsGoldFactory(kappa=foolsgold_kappa)
+    return tff_flame.FoolsGoldFactory(kappa=foolsgold_kappa, max_clients=max_clients)
   if not norm_bound > 0:
     raise ValueError(f'norm_bound must be > 0, got {norm_bound!r}.')
   if name == 'norm_bounding':

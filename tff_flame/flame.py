@@ -4,8 +4,10 @@ Per round, over the n client updates delta_i (TFF's sign: G - W_i): cluster by
 cosine distance with HDBSCAN (min cluster size n // 2 + 1) and admit the
 largest cluster; clip every admitted update to S_t, the median L2 norm of all
 finite updates; average; add Gaussian noise with sigma = lambda * S_t. The
-functions work on the [n, d] matrix of stacked updates so they are unit-tested
-without TFF and run unchanged inside a `tff.tensorflow.computation`.
+functions are unit-tested without TFF and run unchanged inside a
+`tff.tensorflow.computation`: `flame_round` on the [n, d] matrix of stacked
+updates (the reference), `flame_round_blocks` on the G row blocks the
+gathering factory delivers (what `FlameFactory` runs).
 """
 
 import collections
@@ -15,6 +17,7 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_flame import blockwise_ops
 from tff_flame import clustering
 from tff_flame import gathered
 from tff_flame import stacked_ops
@@ -36,22 +39,24 @@ def default_min_cluster_size(num_clients: tf.Tensor) -> tf.Tensor:
   return num_clients // 2 + 1
 
 
-def cluster_clients(points: tf.Tensor, finite: tf.Tensor, min_cluster_size: tf.Tensor,
-                    min_samples: int = 1, labels_fn=clustering.hdbscan_labels):
-  """HDBSCAN labels of the finite rows by cosine distance; -1 for the others.
+def cluster_from_distances(distances: tf.Tensor, finite: tf.Tensor,
+                           min_cluster_size: tf.Tensor, min_samples: int = 1,
+                           labels_fn=clustering.hdbscan_labels):
+  """HDBSCAN labels of the finite rows from the [n, n] cosine distances; -1 for the others.
 
   Returns (labels [n], admitted [n] bool). Admitted clients are the largest
   cluster (lowest id on a tie). With a single client nothing can be compared,
   so a finite lone client is admitted. Fewer finite clients than
-  min_cluster_size admit nobody.
+  min_cluster_size admit nobody. Only the finite rows and columns of
+  `distances` are read.
   """
-  n = tf.shape(points)[0]
+  n = tf.shape(distances)[0]
   finite_index = tf.cast(tf.where(finite)[:, 0], tf.int32)
-  finite_points = tf.gather(points, finite_index)
   num_finite = tf.shape(finite_index)[0]
 
   def clustered():
-    labels = labels_fn(stacked_ops.cosine_distances(finite_points), min_cluster_size, min_samples)
+    finite_distances = tf.gather(tf.gather(distances, finite_index), finite_index, axis=1)
+    labels = labels_fn(finite_distances, min_cluster_size, min_samples)
     return tf.scatter_nd(finite_index[:, tf.newaxis], labels + 1, [n]) - 1
 
   enough = (num_finite >= 2) & (num_finite >= min_cluster_size)
@@ -62,6 +67,13 @@ def cluster_clients(points: tf.Tensor, finite: tf.Tensor, min_cluster_size: tf.T
   largest = tf.cast(tf.argmax(counts), tf.int32)
   admitted = (labels >= 0) & tf.equal(labels, largest)
   return labels, admitted
+
+
+def cluster_clients(points: tf.Tensor, finite: tf.Tensor, min_cluster_size: tf.Tensor,
+                    min_samples: int = 1, labels_fn=clustering.hdbscan_labels):
+  """`cluster_from_distances` on the cosine distances of the [n, d] points."""
+  return cluster_from_distances(stacked_ops.cosine_distances(points), finite, min_cluster_size,
+                                min_samples, labels_fn)
 
 
 def flame_round(updates: tf.Tensor,
@@ -125,6 +137,61 @@ def flame_round(updates: tf.Tensor,
   return aggregate, measurements
 
 
+def flame_round_blocks(blocks,
+                       noise_seed: tf.Tensor,
+                       noise_lambda: float,
+                       min_cluster_size: Optional[tf.Tensor] = None,
+                       min_samples: int = 1,
+                       global_model: Optional[tf.Tensor] = None,
+                       labels_fn=clustering.hdbscan_labels):
+  """`flame_round` on the updates held as G row blocks [m_g, d] (float32), never as [n, d].
+
+  The same round as `flame_round` on the concatenated blocks (same admitted
+  set, S_t and aggregate up to float rounding): cosine distances come from
+  the block-wise Gram matrix (of G - delta_i in model space), S_t from
+  float64 norms, and the clipped sum is taken block by block
+  (`blockwise_ops`). Norms and Gram entries cannot overflow, and a client
+  whose norm exceeds float32's max (e.g. all entries 3e38) is treated like a
+  NaN client: never clustered, admitted or counted in S_t.
+  """
+  n = blockwise_ops.num_rows(blocks)
+  if min_cluster_size is None:
+    min_cluster_size = default_min_cluster_size(n)
+  min_cluster_size = tf.cast(min_cluster_size, tf.int32)
+  norms = blockwise_ops.l2_norms(blocks)
+  finite = blockwise_ops.finite_rows(blocks, norms)
+  with tf.control_dependencies([norms]):  # one pass over the blocks at a time
+    gram = blockwise_ops.gram_matrix(blocks, tf.float32, reference=global_model)
+  distances = blockwise_ops.cosine_distances_from_gram(gram)
+  labels, admitted = cluster_from_distances(distances, finite, min_cluster_size, min_samples,
+                                            labels_fn)
+  norms = tf.where(finite, norms, tf.zeros_like(norms))  # as flame_round's zeroed rows
+  finite_norms = tf.boolean_mask(norms, finite)
+  num_admitted = tf.reduce_sum(tf.cast(admitted, tf.int32))
+  fallback = tf.equal(num_admitted, 0)
+  bound = tf.cond(tf.size(finite_norms) > 0, lambda: stacked_ops.median(finite_norms),
+                  lambda: tf.constant(0.0, tf.float64))
+  with tf.control_dependencies([gram]):  # the Gram pass first, then the sum pass
+    total = blockwise_ops.clipped_masked_sum(blocks, norms, bound, admitted)
+  mean = tf.cast(total / tf.cast(tf.maximum(num_admitted, 1), tf.float64), tf.float32)
+  sigma = tf.cast(noise_lambda, tf.float64) * bound
+  noise = tf.random.stateless_normal(tf.shape(mean), seed=noise_seed, dtype=tf.float64) * sigma
+  aggregate = tf.where(fallback, tf.zeros_like(mean), mean + tf.cast(noise, tf.float32))
+
+  measurements = collections.OrderedDict(
+      num_clients=n,
+      num_admitted=num_admitted,
+      num_non_finite=n - tf.reduce_sum(tf.cast(finite, tf.int32)),
+      admitted=tf.cast(admitted, tf.int32),
+      cluster_labels=labels,
+      update_norms=norms,
+      clipping_bound=bound,
+      noise_stddev=tf.where(fallback, tf.constant(0.0, tf.float64), sigma),
+      fallback=tf.cast(fallback, tf.int32),
+  )
+  return aggregate, measurements
+
+
 class FlameFactory(gathered.GatheredAggregationFactory):
   """Cluster, clip to the median norm, average, add Gaussian noise.
 
@@ -142,19 +209,22 @@ class FlameFactory(gathered.GatheredAggregationFactory):
                min_samples: int = 1,
                seed: int = 0,
                max_clients: int = 1000,
-               clustering_space: str = 'update'):
+               clustering_space: str = 'update',
+               num_groups: Optional[int] = None):
     """Args:
       noise_lambda: sigma = noise_lambda * S_t (0.001 image tasks, 0.01 IoT in
         the paper; see `noise_lambda_from_privacy`).
       min_cluster_size: HDBSCAN's minimum cluster size; None = n // 2 + 1.
       min_samples: HDBSCAN's min_samples (the paper's implementation uses 1).
       seed: seeds the noise; the round number is folded in through the state.
-      max_clients: most clients per round (the server gathers them all).
+      max_clients: most clients per round (the server gathers them all; a
+        round with more fails).
       clustering_space: 'update' clusters the updates delta_i (what a TFF
         aggregator receives); 'model' clusters the local models G - delta_i
         and needs the global model.
+      num_groups: the gather's groups G; None = `gathered.num_groups_for(max_clients)`.
     """
-    super().__init__(max_clients=max_clients)
+    super().__init__(max_clients=max_clients, num_groups=num_groups)
     if not noise_lambda >= 0:
       raise ValueError(f'noise_lambda must be >= 0, got {noise_lambda!r}.')
     if min_cluster_size is not None and (not isinstance(min_cluster_size, int) or
@@ -187,10 +257,10 @@ class FlameFactory(gathered.GatheredAggregationFactory):
     return collections.OrderedDict(
         seed=tf.constant(self._seed, tf.int64), round_num=tf.constant(0, tf.int64))
 
-  def server_step(self, state, updates, global_model):
+  def server_step(self, state, blocks, global_model):
     seed = tf.stack([state['seed'], state['round_num']])
-    aggregate, measurements = flame_round(
-        updates, seed, self._noise_lambda, self._min_cluster_size, self._min_samples,
+    aggregate, measurements = flame_round_blocks(
+        blocks, seed, self._noise_lambda, self._min_cluster_size, self._min_samples,
         global_model=global_model, labels_fn=clustering.hdbscan_labels)
     new_state = collections.OrderedDict(seed=state['seed'], round_num=state['round_num'] + 1)
     return new_state, aggregate, measurements

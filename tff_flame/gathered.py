@@ -2,8 +2,24 @@
 
 FLAME and the robust baselines look at all client updates together
 (distances, medians, scores). This base has one job: gather the n client
-values at the server as one [n, d] float32 matrix and call `server_step`, a
-pure TF function each defense implements.
+values at the server, exactly and in bounded memory, and call `server_step`,
+a pure TF function each defense implements.
+
+The gather (`tff_flame.grouped_gather`) delivers the n updates as G row
+blocks [m_g, d] (sum_g m_g = n), never as one [n, d] matrix built by a single
+concatenating `federated_aggregate`: TFF's C++ runtime keeps every
+intermediate accumulator of an aggregate alive until it ends, so one
+concatenating gather holds about n^2 / 2 * d floats (44 GB at n = 100 for the
+EMNIST CNN). Each client picks its group alone, g = fingerprint(value) mod G,
+and the server receives the groups in the canonical order (group,
+fingerprint): the row order depends only on the multiset of client values,
+never on the order TFF visits clients in. `server_step` works block by block
+(`tff_flame.blockwise_ops`): Gram matrices, norms and clipped sums touch at
+most two blocks at a time; a coordinate-wise defense may concatenate the
+rows once.
+
+G is `num_groups_for(max_clients)` (see there): groups of about 4 clients
+while max_clients <= 128, at most 32 groups.
 
 Two optional inputs ride along without changing that job:
 
@@ -13,6 +29,9 @@ Two optional inputs ride along without changing that job:
   client sends `(value, payload)`, and the gathered payloads come back in the
   measurement `payload`, in the same row order as the per-row measurements
   (`admitted`, ...). Experiments send ground-truth flags this way.
+
+More clients than `max_clients` is an error (the round fails), never a
+silent sample.
 """
 
 import abc
@@ -23,7 +42,19 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_flame import grouped_gather
 from tff_flame import stacked_ops
+
+def num_groups_for(max_clients: int) -> int:
+  """G for rounds of up to `max_clients` clients: min(ceil(max_clients / 4), 32).
+
+  See `grouped_gather.num_groups_for`. Memory: the gather's peak is about
+  n * max_g(m_g) / 2 * d floats above the client values (about 5 n * d with
+  groups of 4 on average). Time: n * G accumulate calls. The cap of 32
+  groups keeps the first call's load time and the per-round calls bounded
+  for a large `max_clients` (the default 1000 included).
+  """
+  return grouped_gather.num_groups_for(max_clients)
 
 
 def _leaf_types(value_type) -> list:
@@ -64,13 +95,38 @@ def _pack_like(template_type, leaves):
   return tff.types.type_to_py_container(struct, template_type)
 
 
-class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, abc.ABC):
-  """Gathers all client updates as [n, d] at the server and calls `server_step`."""
+def _concat_payload(blocks):
+  """The payload structure with leaves [n, ...]: the blocks' payloads in block order."""
+  payloads = [b[grouped_gather.PAYLOAD] for b in blocks]
+  if isinstance(payloads[0], tff.structure.Struct):
+    payloads = [tff.structure.to_odict_or_tuple(p, recursive=True) for p in payloads]
+  payloads = [tf.nest.map_structure(lambda x, b=b: tf.gather(x, b[grouped_gather.ORDER]), p)
+              for p, b in zip(payloads, blocks)]
+  return tf.nest.map_structure(lambda *xs: tf.concat(xs, axis=0), *payloads)
 
-  def __init__(self, max_clients: int = 1000):
+
+class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, abc.ABC):
+  """Gathers all client updates at the server as G row blocks and calls `server_step`."""
+
+  def __init__(self, max_clients: int = 1000, num_groups: Optional[int] = None):
+    """Args:
+      max_clients: most clients per round; a round with more fails.
+      num_groups: G, the gather's groups; None = `num_groups_for(max_clients)`.
+    """
     if not isinstance(max_clients, int) or max_clients < 1:
       raise ValueError(f'max_clients must be a positive int, got {max_clients!r}.')
+    if num_groups is not None and (not isinstance(num_groups, int) or num_groups < 1):
+      raise ValueError(f'num_groups must be None or a positive int, got {num_groups!r}.')
     self._max_clients = max_clients
+    self._num_groups = num_groups_for(max_clients) if num_groups is None else num_groups
+
+  @property
+  def max_clients(self) -> int:
+    return self._max_clients
+
+  @property
+  def num_groups(self) -> int:
+    return self._num_groups
 
   @property
   def requires_global_model(self) -> bool:
@@ -82,11 +138,18 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     """The server state at round 0 (TF values; called in a TF computation)."""
 
   @abc.abstractmethod
-  def server_step(self, state, updates: tf.Tensor, global_model: Optional[tf.Tensor]):
-    """Returns (new_state, aggregate [d], measurements) for updates [n, d].
+  def server_step(self, state, blocks: list, global_model: Optional[tf.Tensor]):
+    """Returns (new_state, aggregate [d], measurements) for the gathered updates.
 
-    `global_model` is the flattened [d] global model when
-    `requires_global_model`, else None.
+    `blocks` is a list of G gathered blocks, OrderedDict(rows=float32
+    [m_g, d], order=int32 [m_g]) (some may be empty): block g's rows in
+    canonical order are rows[order]. Row i of the updates is row i of the
+    blocks read that way, taken in order, and per-row measurements must use
+    that order. Work on them with `tff_flame.blockwise_ops`, which reads
+    each block through its order one block at a time (never build an
+    [n, d] temporary you do not need; `blockwise_ops.concat_rows` builds
+    one, for coordinate-wise statistics). `global_model` is the flattened
+    float32 [d] global model when `requires_global_model`, else None.
     """
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
@@ -108,46 +171,51 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     payloads, row-aligned with the per-row measurements.
     """
     specs = check_value_type(value_type)
-    client_type = (value_type if payload_type is None else
-                   tff.StructWithPythonType([value_type, payload_type], tuple))
-    gather = tff.aggregators.UnweightedReservoirSamplingFactory(
-        sample_size=self._max_clients).create(client_type)
-    stacked_type = gather.next.type_signature.result.result.member
+    with_payload = payload_type is not None
+    client_type = (tff.StructWithPythonType([value_type, payload_type], tuple)
+                   if with_payload else value_type)
+    gather = grouped_gather.build_grouped_gather(client_type, self._num_groups,
+                                                 with_payload=with_payload)
     max_clients = self._max_clients
 
     @tff.tensorflow.computation
     def initial_state_tf():
       return self.initial_state()
 
-    def server_body(state, stacked, num_clients, global_model):
-      payload = None
-      if payload_type is not None:
-        stacked, payload = stacked[0], stacked[1]
-      updates = stacked_ops.flatten_rows(leaves_of(stacked))
-      all_gathered = tf.debugging.assert_equal(
-          tf.shape(updates)[0], num_clients,
-          message=f'more clients took part than max_clients={max_clients}: '
-          'raise max_clients so that every update reaches the defense.')
-      with tf.control_dependencies([all_gathered]):
-        updates = tf.identity(updates)
+    def server_body(state, gathered, num_clients, global_model):
+      blocks = grouped_gather.blocks_of(gathered)
+      rows = [b[grouped_gather.ROWS] for b in blocks]
+      orders = [b[grouped_gather.ORDER] for b in blocks]
+      n = tf.add_n([tf.shape(r)[0] for r in rows])
+      checks = [
+          tf.debugging.assert_less_equal(
+              num_clients, max_clients,
+              message=f'more clients took part than max_clients={max_clients}: '
+              'raise max_clients so that every update reaches the defense.'),
+          tf.debugging.assert_equal(n, num_clients, message='the gather lost client rows.')]
+      with tf.control_dependencies(checks):
+        orders = [tf.identity(o) for o in orders]
+      # Rows stay where the gather put them; `order` is applied one block at a time.
+      row_blocks = [collections.OrderedDict(rows=r, order=o) for r, o in zip(rows, orders)]
       if global_model is not None:
         global_model = stacked_ops.flatten_rows(
             [tf.expand_dims(x, 0) for x in leaves_of(global_model)])[0]
-      new_state, aggregate, measurements = self.server_step(state, updates, global_model)
-      if payload is not None:
-        measurements = collections.OrderedDict(measurements, payload=payload)
+      new_state, aggregate, measurements = self.server_step(state, row_blocks, global_model)
+      if with_payload:
+        measurements = collections.OrderedDict(measurements, payload=_concat_payload(blocks))
       result = _pack_like(value_type, stacked_ops.unflatten_vector(aggregate, specs))
       return new_state, result, measurements
 
     server_state_type = initial_state_tf.type_signature.result
+    gathered_type = gather.result_type
     if self.requires_global_model:
-      @tff.tensorflow.computation(server_state_type, stacked_type, np.int32, value_type)
-      def server(state, stacked, num_clients, global_model):
-        return server_body(state, stacked, num_clients, global_model)
+      @tff.tensorflow.computation(server_state_type, gathered_type, np.int32, value_type)
+      def server(state, gathered, num_clients, global_model):
+        return server_body(state, gathered, num_clients, global_model)
     else:
-      @tff.tensorflow.computation(server_state_type, stacked_type, np.int32)
-      def server(state, stacked, num_clients):
-        return server_body(state, stacked, num_clients, None)
+      @tff.tensorflow.computation(server_state_type, gathered_type, np.int32)
+      def server(state, gathered, num_clients):
+        return server_body(state, gathered, num_clients, None)
 
     @tff.federated_computation()
     def init_fn():
@@ -155,9 +223,9 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
 
     def round_at_server(state, value, *global_model):
       num_clients = tff.federated_sum(tff.federated_value(np.int32(1), tff.CLIENTS))
-      stacked = gather.next(gather.initialize(), value).result
+      gathered = gather(value)
       new_state, result, measurements = tff.federated_map(
-          server, tff.federated_zip((state, stacked, num_clients, *global_model)))
+          server, tff.federated_zip((state, gathered, num_clients, *global_model)))
       return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
 
     state_type = init_fn.type_signature.result

@@ -15,25 +15,30 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_flame import blockwise_ops
 from tff_flame import gathered
 from tff_flame import stacked_ops
 
 
-def krum_scores(x: tf.Tensor, num_byzantine: int):
-  """Krum scores: sum of squared distances to the n - f - 2 nearest other rows.
+def krum_scores_from_distances(d: tf.Tensor, num_byzantine: int):
+  """Krum scores from [m, m] squared distances: sum over the n - f - 2 nearest other rows.
 
-  Returns (scores [n], neighbours used, assumption_holds) where the
+  Returns (scores [m], neighbours used, assumption_holds) where the
   neighbour count is clamped to [1, n - 1] when n <= 2f + 2 (Krum's
   assumption n > 2f + 2 fails; `assumption_holds` is then False).
   """
-  n = tf.shape(x)[0]
+  n = tf.shape(d)[0]
   wanted = n - num_byzantine - 2
   k = tf.clip_by_value(wanted, 1, tf.maximum(n - 1, 1))
-  d = stacked_ops.squared_distances(x)
   # Exclude the row itself: push the diagonal past every real distance.
   d = tf.linalg.set_diag(d, tf.fill([n], tf.constant(float('inf'), tf.float64)))
   nearest = tf.sort(d, axis=1)[:, :k]
   return tf.reduce_sum(nearest, axis=1), k, wanted >= 1
+
+
+def krum_scores(x: tf.Tensor, num_byzantine: int):
+  """`krum_scores_from_distances` of the rows of x [n, d]."""
+  return krum_scores_from_distances(stacked_ops.squared_distances(x), num_byzantine)
 
 
 def krum_round(updates: tf.Tensor, num_byzantine: int, num_selected=None):
@@ -77,6 +82,60 @@ def coordinate_round(updates: tf.Tensor, statistic):
   return aggregate, measurements
 
 
+def _num_selected(m, num_byzantine, num_selected):
+  select = tf.maximum(m - num_byzantine, 1) if num_selected is None else tf.constant(num_selected)
+  return tf.minimum(select, m)
+
+
+def krum_round_blocks(blocks, num_byzantine: int, num_selected=None):
+  """`krum_round` on the updates held as G row blocks [m_g, d], never as [n, d].
+
+  Squared distances come from the block-wise float64 Gram matrix, and the
+  selected rows are averaged block by block in float64. A client whose norm
+  exceeds float32's max counts as non-finite (see `blockwise_ops.finite_rows`).
+  """
+  n = blockwise_ops.num_rows(blocks)
+  finite = blockwise_ops.finite_rows(blocks)
+  index = tf.cast(tf.where(finite)[:, 0], tf.int32)
+  m = tf.shape(index)[0]
+  with tf.control_dependencies([finite]):  # one pass over the blocks at a time
+    gram = blockwise_ops.gram_matrix(blocks, tf.float64)
+  gram = tf.gather(tf.gather(gram, index), index, axis=1)
+  scores, k, holds = krum_scores_from_distances(
+      blockwise_ops.squared_distances_from_gram(gram), num_byzantine)
+  select = _num_selected(m, num_byzantine, num_selected)
+  chosen_rows = tf.gather(index, tf.argsort(scores, stable=True)[:select])
+  admitted = tf.scatter_nd(chosen_rows[:, tf.newaxis], tf.ones_like(chosen_rows), [n])
+  weights = tf.cast(admitted, tf.float64) / tf.cast(tf.maximum(select, 1), tf.float64)
+  with tf.control_dependencies([gram]):
+    aggregate = tf.cast(blockwise_ops.weighted_sum(blocks, weights), tf.float32)
+  all_scores = tf.tensor_scatter_nd_update(
+      tf.fill([n], tf.constant(float('nan'), tf.float64)), index[:, tf.newaxis], scores)
+  measurements = collections.OrderedDict(
+      num_clients=n, num_admitted=tf.reduce_sum(admitted),
+      num_non_finite=n - m, admitted=admitted, scores=all_scores,
+      neighbours=k, assumption_holds=tf.cast(holds, tf.int32))
+  return aggregate, measurements
+
+
+def coordinate_round_blocks(blocks, statistic):
+  """`coordinate_round` on G row blocks: the usable rows concatenated once, then `statistic`.
+
+  Use the overflow-safe `blockwise_ops.coordinate_median` and
+  `blockwise_ops.trimmed_mean`. A client whose norm exceeds float32's max
+  counts as non-finite.
+  """
+  n = blockwise_ops.num_rows(blocks)
+  finite = blockwise_ops.finite_rows(blocks)
+  rows = blockwise_ops.concat_rows(blocks, finite)
+  m = tf.shape(rows)[0]
+  aggregate = tf.cond(m > 0, lambda: statistic(rows),
+                      lambda: tf.zeros([tf.shape(rows)[1]], rows.dtype))
+  measurements = collections.OrderedDict(
+      num_clients=n, num_admitted=m, num_non_finite=n - m, admitted=tf.cast(finite, tf.int32))
+  return aggregate, measurements
+
+
 class KrumFactory(gathered.GatheredAggregationFactory):
   """Averages the `num_selected` updates with the lowest Krum scores.
 
@@ -98,9 +157,8 @@ class KrumFactory(gathered.GatheredAggregationFactory):
   def initial_state(self):
     return ()
 
-  def server_step(self, state, updates, global_model):
-    aggregate, measurements = krum_round(updates, self._num_byzantine,
-                                                    self._num_selected)
+  def server_step(self, state, blocks, global_model):
+    aggregate, measurements = krum_round_blocks(blocks, self._num_byzantine, self._num_selected)
     return state, aggregate, measurements
 
 
@@ -110,8 +168,8 @@ class CoordinateMedianFactory(gathered.GatheredAggregationFactory):
   def initial_state(self):
     return ()
 
-  def server_step(self, state, updates, global_model):
-    aggregate, measurements = coordinate_round(updates, stacked_ops.median)
+  def server_step(self, state, blocks, global_model):
+    aggregate, measurements = coordinate_round_blocks(blocks, blockwise_ops.coordinate_median)
     return state, aggregate, measurements
 
 
@@ -127,9 +185,9 @@ class TrimmedMeanFactory(gathered.GatheredAggregationFactory):
   def initial_state(self):
     return ()
 
-  def server_step(self, state, updates, global_model):
-    aggregate, measurements = coordinate_round(
-        updates, lambda x: trimmed_mean(x, self._trim_fraction))
+  def server_step(self, state, blocks, global_model):
+    aggregate, measurements = coordinate_round_blocks(
+        blocks, lambda x: blockwise_ops.trimmed_mean(x, self._trim_fraction))
     return state, aggregate, measurements
 
 
@@ -147,9 +205,13 @@ def foolsgold_weights(history: tf.Tensor, kappa: float = 1.0) -> tf.Tensor:
   [0, 1]. When every alpha is 0 before the rescaling (all rows alike), every
   weight is 0 (the authors' code divides by zero there).
   """
-  n = tf.shape(history)[0]
-  cs = 1.0 - stacked_ops.cosine_distances(history)
-  cs = tf.linalg.set_diag(cs, tf.zeros([n], tf.float64))
+  return foolsgold_weights_from_cosine(1.0 - stacked_ops.cosine_distances(history), kappa)
+
+
+def foolsgold_weights_from_cosine(cosine: tf.Tensor, kappa: float = 1.0) -> tf.Tensor:
+  """`foolsgold_weights` from the [n, n] cosine similarities of the histories."""
+  n = tf.shape(cosine)[0]
+  cs = tf.linalg.set_diag(tf.cast(cosine, tf.float64), tf.zeros([n], tf.float64))
   v = tf.reduce_max(cs, axis=1) + FOOLSGOLD_EPSILON
   pardon = v[:, tf.newaxis] < v[tf.newaxis, :]
   cs = tf.where(pardon, cs * v[:, tf.newaxis] / v[tf.newaxis, :], cs)
@@ -192,6 +254,36 @@ def foolsgold_round(updates: tf.Tensor, history: Optional[tf.Tensor] = None,
   return aggregate, measurements
 
 
+def foolsgold_round_blocks(blocks, kappa: float = 1.0):
+  """`foolsgold_round` (this round's updates as histories) on G row blocks.
+
+  The similarities come from the block-wise Gram matrix and the weighted
+  mean is summed block by block; a client whose norm exceeds float32's max
+  counts as non-finite and gets weight 0.
+  """
+  n = blockwise_ops.num_rows(blocks)
+  finite = blockwise_ops.finite_rows(blocks)
+  index = tf.cast(tf.where(finite)[:, 0], tf.int32)
+  m = tf.shape(index)[0]
+  gram = blockwise_ops.gram_matrix(blocks, tf.float32)
+  finite_gram = tf.gather(tf.gather(gram, index), index, axis=1)
+  finite_weights = tf.cond(
+      m > 0,
+      lambda: foolsgold_weights_from_cosine(
+          1.0 - blockwise_ops.cosine_distances_from_gram(finite_gram), kappa),
+      lambda: tf.zeros([0], tf.float64))
+  weights = tf.scatter_nd(index[:, tf.newaxis], finite_weights, [n])
+  total = tf.reduce_sum(weights)
+  weighted = blockwise_ops.weighted_sum(blocks, weights)
+  aggregate = tf.cast(tf.where(total > 0.0, weighted / tf.where(total > 0.0, total, 1.0),
+                               tf.zeros_like(weighted)), tf.float32)
+  admitted = tf.cast(weights > 0.0, tf.int32)
+  measurements = collections.OrderedDict(
+      num_clients=n, num_admitted=tf.reduce_sum(admitted), num_non_finite=n - m,
+      admitted=admitted, weights=weights, fallback=tf.cast(total <= 0.0, tf.int32))
+  return aggregate, measurements
+
+
 class FoolsGoldFactory(gathered.GatheredAggregationFactory):
   """FoolsGold (Fung et al. 2020): down-weights clients whose updates look alike.
 
@@ -217,14 +309,24 @@ class FoolsGoldFactory(gathered.GatheredAggregationFactory):
   def initial_state(self):
     return ()
 
-  def server_step(self, state, updates, global_model):
-    aggregate, measurements = foolsgold_round(updates, kappa=self._kappa)
+  def server_step(self, state, blocks, global_model):
+    aggregate, measurements = foolsgold_round_blocks(blocks, kappa=self._kappa)
     return state, aggregate, measurements
 
 
 def _all_finite(value) -> tf.Tensor:
+  """Whether every entry is finite AND float32 can hold the value's squared L2 norm.
+
+  TFF's clipping (`tf.clip_by_global_norm`, under `clipping_factory` and the
+  DP factories) sums the squares in float32: a finite value whose squared
+  norm overflows (e.g. all entries 1e19 or 3e38) turns into NaN there, so it
+  is screened like a NaN value. The squared norm is summed in float64, where
+  it cannot overflow.
+  """
   leaves = gathered.leaves_of(value)
-  return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in leaves]))
+  finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in leaves]))
+  squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(x, tf.float64))) for x in leaves])
+  return finite & (squares <= blockwise_ops.FLOAT32_MAX)
 
 
 def _zeros_unless(finite: tf.Tensor, value):
@@ -240,8 +342,9 @@ class NonFiniteFilterFactory(tff.aggregators.UnweightedAggregationFactory):
   TFF's clipping and DP factories clip with `tf.clip_by_global_norm`, which
   turns a client value holding NaN or Inf into NaN, and one such client makes
   the whole aggregate NaN. This wrapper screens each client value at the
-  client: a value with any non-finite entry is replaced by zeros and given
-  weight 0, then handed to the inner factory.
+  client: a value with any non-finite entry, or whose squared L2 norm float32
+  cannot hold (it would overflow inside TFF's clipping and give NaN), is
+  replaced by zeros and given weight 0, then handed to the inner factory.
 
   * Weighted inner factory (e.g. `clipping_factory(c, tff.aggregators.MeanFactory())`):
     the weight is 1 for a finite value and 0 otherwise, so a weighted mean
