@@ -1,7 +1,7 @@
 """blockwise_ops against NumPy float64 re-computations, also for huge (1e19 .. 3e38) rows."""
 
-import sys
 import pathlib
+import sys
 import numpy as np
 import pytest
 import tensorflow as tf

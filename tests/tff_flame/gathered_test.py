@@ -11,8 +11,8 @@ Overflow: clients with all entries 1e19, 1e25 or 3e38, alone and together
 with NaN and Inf clients, through TFF for every defense.
 """
 
-import sys
 import pathlib
+import sys
 import numpy as np
 import pytest
 import tensorflow as tf

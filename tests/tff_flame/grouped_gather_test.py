@@ -1,8 +1,8 @@
 """grouped_gather through TFF's local C++ runtime against NumPy: the exact multiset of rows."""
 
-import sys
-import pathlib
 import collections
+import pathlib
+import sys
 
 import numpy as np
 import pytest
