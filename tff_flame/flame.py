@@ -76,6 +76,26 @@ def cluster_clients(points: tf.Tensor, finite: tf.Tensor, min_cluster_size: tf.T
                                 min_samples, labels_fn)
 
 
+def _noised_round(mean, fallback, noise_seed, noise_lambda, bound, n, finite, admitted, labels,
+                  norms):
+  """The round's result, mean + N(0, (lambda * S_t)^2) (zeros on fallback), and measurements."""
+  sigma = tf.cast(noise_lambda, tf.float64) * bound
+  noise = tf.random.stateless_normal(tf.shape(mean), seed=noise_seed, dtype=tf.float64) * sigma
+  aggregate = tf.where(fallback, tf.zeros_like(mean), mean + tf.cast(noise, mean.dtype))
+  measurements = collections.OrderedDict(
+      num_clients=n,
+      num_admitted=tf.reduce_sum(tf.cast(admitted, tf.int32)),
+      num_non_finite=n - tf.reduce_sum(tf.cast(finite, tf.int32)),
+      admitted=tf.cast(admitted, tf.int32),
+      cluster_labels=labels,
+      update_norms=norms,
+      clipping_bound=bound,
+      noise_stddev=tf.where(fallback, tf.constant(0.0, tf.float64), sigma),
+      fallback=tf.cast(fallback, tf.int32),
+  )
+  return aggregate, measurements
+
+
 def flame_round(updates: tf.Tensor,
                 noise_seed: tf.Tensor,
                 noise_lambda: float,
@@ -119,22 +139,8 @@ def flame_round(updates: tf.Tensor,
   admitted_f = tf.cast(admitted, updates.dtype)
   total = tf.reduce_sum(clipped * admitted_f[:, tf.newaxis], axis=0)
   mean = total / tf.cast(tf.maximum(num_admitted, 1), updates.dtype)
-  sigma = tf.cast(noise_lambda, tf.float64) * bound
-  noise = tf.random.stateless_normal(tf.shape(mean), seed=noise_seed, dtype=tf.float64) * sigma
-  aggregate = tf.where(fallback, tf.zeros_like(mean), mean + tf.cast(noise, updates.dtype))
-
-  measurements = collections.OrderedDict(
-      num_clients=n,
-      num_admitted=num_admitted,
-      num_non_finite=n - tf.reduce_sum(tf.cast(finite, tf.int32)),
-      admitted=tf.cast(admitted, tf.int32),
-      cluster_labels=labels,
-      update_norms=norms,
-      clipping_bound=bound,
-      noise_stddev=tf.where(fallback, tf.constant(0.0, tf.float64), sigma),
-      fallback=tf.cast(fallback, tf.int32),
-  )
-  return aggregate, measurements
+  return _noised_round(mean, fallback, noise_seed, noise_lambda, bound, n, finite, admitted,
+                       labels, norms)
 
 
 def flame_round_blocks(blocks,
@@ -174,22 +180,8 @@ def flame_round_blocks(blocks,
   with tf.control_dependencies([gram]):  # the Gram pass first, then the sum pass
     total = blockwise_ops.clipped_masked_sum(blocks, norms, bound, admitted)
   mean = tf.cast(total / tf.cast(tf.maximum(num_admitted, 1), tf.float64), tf.float32)
-  sigma = tf.cast(noise_lambda, tf.float64) * bound
-  noise = tf.random.stateless_normal(tf.shape(mean), seed=noise_seed, dtype=tf.float64) * sigma
-  aggregate = tf.where(fallback, tf.zeros_like(mean), mean + tf.cast(noise, tf.float32))
-
-  measurements = collections.OrderedDict(
-      num_clients=n,
-      num_admitted=num_admitted,
-      num_non_finite=n - tf.reduce_sum(tf.cast(finite, tf.int32)),
-      admitted=tf.cast(admitted, tf.int32),
-      cluster_labels=labels,
-      update_norms=norms,
-      clipping_bound=bound,
-      noise_stddev=tf.where(fallback, tf.constant(0.0, tf.float64), sigma),
-      fallback=tf.cast(fallback, tf.int32),
-  )
-  return aggregate, measurements
+  return _noised_round(mean, fallback, noise_seed, noise_lambda, bound, n, finite, admitted,
+                       labels, norms)
 
 
 class FlameFactory(gathered.GatheredAggregationFactory):

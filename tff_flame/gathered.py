@@ -57,36 +57,6 @@ def num_groups_for(max_clients: int) -> int:
   return grouped_gather.num_groups_for(max_clients)
 
 
-def _leaf_types(value_type) -> list:
-  if isinstance(value_type, tff.TensorType):
-    return [value_type]
-  return list(tff.structure.flatten(value_type))
-
-
-def check_value_type(value_type) -> list:
-  """(shape, dtype) of each leaf; raises unless all leaves are fully defined float tensors."""
-  if not (isinstance(value_type, tff.TensorType) or
-          tff.types.is_structure_of_tensors(value_type)):
-    raise TypeError(f'value_type must be a structure of float tensors, got {value_type!r}.')
-  specs = []
-  for leaf in _leaf_types(value_type):
-    dtype = tf.dtypes.as_dtype(leaf.dtype)
-    if not dtype.is_floating:
-      raise TypeError(f'value_type must hold only float tensors, got a {dtype.name} leaf '
-                      f'in {value_type!r}.')
-    if not tf.TensorShape(leaf.shape).is_fully_defined():
-      raise TypeError(f'value_type leaves must have fully defined shapes, got {leaf!r}.')
-    specs.append((tuple(leaf.shape), dtype))
-  return specs
-
-
-def leaves_of(value) -> list:
-  """The tensors of a TFF Struct or a Python structure, in order."""
-  if isinstance(value, tff.structure.Struct):
-    return tff.structure.flatten(value)
-  return tf.nest.flatten(value)
-
-
 def _pack_like(template_type, leaves):
   """Packs leaves into the Python container of a TFF type (list, OrderedDict...)."""
   if isinstance(template_type, tff.TensorType):
@@ -170,7 +140,7 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     `(value, payload)` and the measurements gain `payload`: the gathered
     payloads, row-aligned with the per-row measurements.
     """
-    specs = check_value_type(value_type)
+    specs = grouped_gather.check_value_type(value_type)
     with_payload = payload_type is not None
     client_type = (tff.StructWithPythonType([value_type, payload_type], tuple)
                    if with_payload else value_type)
@@ -199,7 +169,7 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
       row_blocks = [collections.OrderedDict(rows=r, order=o) for r, o in zip(rows, orders)]
       if global_model is not None:
         global_model = stacked_ops.flatten_rows(
-            [tf.expand_dims(x, 0) for x in leaves_of(global_model)])[0]
+            [tf.expand_dims(x, 0) for x in grouped_gather.leaves_of(global_model)])[0]
       new_state, aggregate, measurements = self.server_step(state, row_blocks, global_model)
       if with_payload:
         measurements = collections.OrderedDict(measurements, payload=_concat_payload(blocks))

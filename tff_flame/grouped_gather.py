@@ -90,19 +90,20 @@ def num_groups_for(max_clients: int, rows_per_group: int = 4, max_groups: int = 
   return max(1, min(max_groups, math.ceil(max_clients / rows_per_group)))
 
 
-def _leaves(value_type) -> list:
+def leaf_types(value_type) -> list:
+  """The tensor types of a TFF type's leaves, in order."""
   if isinstance(value_type, tff.TensorType):
     return [value_type]
   return list(tff.structure.flatten(value_type))
 
 
-def _float_specs(value_type) -> list:
+def check_value_type(value_type) -> list:
   """(shape, dtype) of each leaf; every leaf must be a fully defined float tensor."""
   if not (isinstance(value_type, tff.TensorType) or
           tff.types.is_structure_of_tensors(value_type)):
     raise TypeError(f'the value must be a structure of float tensors, got {value_type!r}.')
   specs = []
-  for leaf in _leaves(value_type):
+  for leaf in leaf_types(value_type):
     dtype = tf.dtypes.as_dtype(leaf.dtype)
     if not dtype.is_floating:
       raise TypeError(f'the value must hold only float tensors, got a {dtype.name} leaf '
@@ -113,7 +114,8 @@ def _float_specs(value_type) -> list:
   return specs
 
 
-def _tensor_leaves(value) -> list:
+def leaves_of(value) -> list:
+  """The tensors of a TFF Struct or a Python structure, in order."""
   if isinstance(value, tff.structure.Struct):
     return tff.structure.flatten(value)
   return tf.nest.flatten(value)
@@ -121,7 +123,7 @@ def _tensor_leaves(value) -> list:
 
 def flatten_value(value) -> tf.Tensor:
   """The [d] float32 row of one client value (its leaves flattened and concatenated)."""
-  parts = [tf.reshape(tf.cast(x, tf.float32), [-1]) for x in _tensor_leaves(value)]
+  parts = [tf.reshape(tf.cast(x, tf.float32), [-1]) for x in leaves_of(value)]
   return parts[0] if len(parts) == 1 else tf.concat(parts, axis=0)
 
 
@@ -135,7 +137,7 @@ def _fingerprint_bytes(x: tf.Tensor) -> tf.Tensor:
 def fingerprint(row: tf.Tensor, payload=None) -> tf.Tensor:
   """int64 fingerprint of a float32 row [d] (its bytes) and of its payload's leaves."""
   digest = _fingerprint_bytes(row)
-  payload_leaves = [] if payload is None else _tensor_leaves(payload)
+  payload_leaves = [] if payload is None else leaves_of(payload)
   if payload_leaves:
     parts = [digest] + [_fingerprint_bytes(tf.convert_to_tensor(x)) for x in payload_leaves]
     digest = _fingerprint_bytes(tf.concat(parts, axis=0))
@@ -204,13 +206,13 @@ class GroupedGather:
       if not (isinstance(payload_type, tff.TensorType) or
               tff.types.is_structure_of_tensors(payload_type)):
         raise TypeError(f'the payload must be a structure of tensors, got {payload_type!r}.')
-      for leaf in _leaves(payload_type):
+      for leaf in leaf_types(payload_type):
         if not tf.TensorShape(leaf.shape).is_fully_defined():
           raise TypeError(f'payload leaves must have fully defined shapes, got {leaf!r}.')
     else:
       value_type, payload_type = client_value_type, None
     self.num_groups = num_groups
-    self.specs = _float_specs(value_type)
+    self.specs = check_value_type(value_type)
     self.dim = int(sum(int(np.prod(shape)) for shape, _ in self.specs))
     self.with_payload = with_payload
     dim = self.dim

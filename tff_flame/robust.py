@@ -17,6 +17,7 @@ import tensorflow_federated as tff
 
 from tff_flame import blockwise_ops
 from tff_flame import gathered
+from tff_flame import grouped_gather
 from tff_flame import stacked_ops
 
 
@@ -323,7 +324,7 @@ def _all_finite(value) -> tf.Tensor:
   is screened like a NaN value. The squared norm is summed in float64, where
   it cannot overflow.
   """
-  leaves = gathered.leaves_of(value)
+  leaves = grouped_gather.leaves_of(value)
   finite = tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(x)) for x in leaves]))
   squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(x, tf.float64))) for x in leaves])
   return finite & (squares <= blockwise_ops.FLOAT32_MAX)
@@ -373,7 +374,7 @@ class NonFiniteFilterFactory(tff.aggregators.UnweightedAggregationFactory):
     return self._inner
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
-    gathered.check_value_type(value_type)
+    grouped_gather.check_value_type(value_type)
     weighted = isinstance(self._inner, tff.aggregators.WeightedAggregationFactory)
     if weighted:
       inner_process = self._inner.create(value_type, tff.TensorType(np.float32))
