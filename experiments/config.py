@@ -12,7 +12,9 @@ import dataclasses
 import typing
 from typing import Any, Optional, Sequence
 
-TASKS = ('digits', 'emnist', 'fashion_mnist', 'shakespeare', 'nbaiot')
+from tasks import registry
+
+TASKS = registry.TASKS
 DEFENSES = ('none', 'flame', 'krum', 'multi_krum', 'median', 'trimmed_mean', 'norm_bounding',
             'weak_dp', 'foolsgold')
 ATTACKS = ('none', 'data_poisoning', 'constrain_and_scale', 'pgd', 'dba')
