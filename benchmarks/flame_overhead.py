@@ -38,7 +38,7 @@ from benchmarks import measure
 from experiments import tff_worker
 from tff_flame import clustering
 from tff_flame import flame
-from tff_flame import gathered
+from tff_flame import grouped_gather
 from tff_flame import stacked_ops
 
 _CLIENTS = flags.DEFINE_list('clients', ['10', '30', '50', '100'], 'Clients per round to time.')
@@ -120,7 +120,7 @@ def main(argv):
     out = {v: run_variant(v, value_type, values, global_model, _REPEATS.value)
            for v in VARIANTS}
     del values
-    num_groups = _NUM_GROUPS.value or gathered.num_groups_for(n)
+    num_groups = _NUM_GROUPS.value or grouped_gather.num_groups_for(n)
     row = dict(n=n, num_groups=num_groups, dim=num_params)
     for v in VARIANTS:
       row[f'{v}_first_s'], row[f'{v}_next_s'], row[f'{v}_peak_mb'] = out[v]

@@ -299,27 +299,6 @@ def gram_matrix(blocks, compute_dtype=tf.float32,
   return tf.gather(tf.gather(gram, perm), perm, axis=1)
 
 
-def norms_from_gram(gram: tf.Tensor) -> tf.Tensor:
-  """float64 [n]: sqrt of the Gram diagonal."""
-  return tf.sqrt(tf.maximum(tf.linalg.diag_part(gram), 0.0))
-
-
-def cosine_distances_from_gram(gram: tf.Tensor) -> tf.Tensor:
-  """float64 [n, n] matrix of 1 - cos(x_i, x_j) with a zero diagonal.
-
-  As `flame_ops.cosine_distances`: a zero row has no direction, its distance
-  to every other row is 1; distances are clipped to [0, 2] and symmetric.
-  Normalising by sqrt(g_ii) * sqrt(g_jj) keeps the products in range.
-  """
-  gram = tf.cast(gram, tf.float64)
-  norms = norms_from_gram(gram)
-  denom = norms[:, tf.newaxis] * norms[tf.newaxis, :]
-  cosine = tf.where(denom > 0.0, gram / tf.where(denom > 0.0, denom, 1.0), 0.0)
-  distances = tf.clip_by_value(1.0 - cosine, 0.0, 2.0)
-  distances = 0.5 * (distances + tf.transpose(distances))
-  return tf.linalg.set_diag(distances, tf.zeros_like(norms))
-
-
 def squared_distances_from_gram(gram: tf.Tensor) -> tf.Tensor:
   """float64 [n, n] ||x_i - x_j||^2 = g_ii + g_jj - 2 g_ij, at least 0, zero diagonal.
 

@@ -168,7 +168,7 @@ def flame_round_blocks(blocks,
   finite = blockwise_ops.finite_rows(blocks, norms)
   with tf.control_dependencies([norms]):  # one pass over the blocks at a time
     gram = blockwise_ops.gram_matrix(blocks, tf.float32, reference=global_model)
-  distances = blockwise_ops.cosine_distances_from_gram(gram)
+  distances = stacked_ops.cosine_distances_from_gram(gram)
   labels, admitted = cluster_from_distances(distances, finite, min_cluster_size, min_samples,
                                             labels_fn)
   norms = tf.where(finite, norms, tf.zeros_like(norms))  # as flame_round's zeroed rows
@@ -214,7 +214,7 @@ class FlameFactory(gathered.GatheredAggregationFactory):
       clustering_space: 'update' clusters the updates delta_i (what a TFF
         aggregator receives); 'model' clusters the local models G - delta_i
         and needs the global model.
-      num_groups: the gather's groups G; None = `gathered.num_groups_for(max_clients)`.
+      num_groups: the gather's groups G; None = `grouped_gather.num_groups_for(max_clients)`.
     """
     super().__init__(max_clients=max_clients, num_groups=num_groups)
     if not noise_lambda >= 0:

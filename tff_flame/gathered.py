@@ -18,7 +18,7 @@ never on the order TFF visits clients in. `server_step` works block by block
 most two blocks at a time; a coordinate-wise defense may concatenate the
 rows once.
 
-G is `num_groups_for(max_clients)` (see there): groups of about 4 clients
+G is `grouped_gather.num_groups_for(max_clients)` (see there): groups of about 4 clients
 while max_clients <= 128, at most 32 groups.
 
 Two optional inputs ride along without changing that job:
@@ -45,17 +45,6 @@ import tensorflow_federated as tff
 from tff_flame import grouped_gather
 from tff_flame import stacked_ops
 
-def num_groups_for(max_clients: int) -> int:
-  """G for rounds of up to `max_clients` clients: min(ceil(max_clients / 4), 32).
-
-  See `grouped_gather.num_groups_for`. Memory: the gather's peak is about
-  n * max_g(m_g) / 2 * d floats above the client values (about 5 n * d with
-  groups of 4 on average). Time: n * G accumulate calls. The cap of 32
-  groups keeps the first call's load time and the per-round calls bounded
-  for a large `max_clients` (the default 1000 included).
-  """
-  return grouped_gather.num_groups_for(max_clients)
-
 
 def _pack_like(template_type, leaves):
   """Packs leaves into the Python container of a TFF type (list, OrderedDict...)."""
@@ -81,14 +70,16 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
   def __init__(self, max_clients: int = 1000, num_groups: Optional[int] = None):
     """Args:
       max_clients: most clients per round; a round with more fails.
-      num_groups: G, the gather's groups; None = `num_groups_for(max_clients)`.
+      num_groups: G, the gather's groups; None =
+        `grouped_gather.num_groups_for(max_clients)`.
     """
     if not isinstance(max_clients, int) or max_clients < 1:
       raise ValueError(f'max_clients must be a positive int, got {max_clients!r}.')
     if num_groups is not None and (not isinstance(num_groups, int) or num_groups < 1):
       raise ValueError(f'num_groups must be None or a positive int, got {num_groups!r}.')
     self._max_clients = max_clients
-    self._num_groups = num_groups_for(max_clients) if num_groups is None else num_groups
+    self._num_groups = (grouped_gather.num_groups_for(max_clients) if num_groups is None
+                        else num_groups)
 
   @property
   def max_clients(self) -> int:

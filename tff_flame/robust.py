@@ -4,8 +4,9 @@ FoolsGold, and a non-finite filter for TFF's own clipping and DP factories.
 Krum and Multi-Krum (Blanchard et al. 2017), the coordinate-wise median and
 trimmed mean (Yin et al. 2018) and FoolsGold (Fung et al. 2020) are gathering
 factories like FLAME, with their math as pure TF functions on the stacked
-[n, d] updates; rows with NaN or Inf are left out, as in FLAME. `NonFiniteFilterFactory` screens client values in
-front of a factory that has no such guard (norm bounding, weak DP).
+[n, d] updates; rows with NaN or Inf are left out, as in FLAME.
+`NonFiniteFilterFactory` screens client values in front of a factory that has
+no such guard (norm bounding, weak DP).
 """
 
 import collections
@@ -230,8 +231,8 @@ def foolsgold_round(updates: tf.Tensor, history: Optional[tf.Tensor] = None,
 
   The aggregate is sum_i w_i u_i / sum_i w_i (zeros and `fallback = 1` when
   every weight is 0): a weighted mean, where the authors' code returns the
-  weighted sum and leaves the scale to its learning rate. `admitted` is w_i > 0: a client with weight 0 adds
-  nothing to the model. Rows with NaN or Inf (in the update or its history)
+  weighted sum and leaves the scale to its learning rate. `admitted` is
+  w_i > 0: a client with weight 0 adds nothing to the model. Rows with NaN or Inf (in the update or its history)
   get weight 0 and are left out of the similarities.
   """
   n = tf.shape(updates)[0]
@@ -271,7 +272,7 @@ def foolsgold_round_blocks(blocks, kappa: float = 1.0):
   finite_weights = tf.cond(
       m > 0,
       lambda: foolsgold_weights_from_cosine(
-          1.0 - blockwise_ops.cosine_distances_from_gram(finite_gram), kappa),
+          1.0 - stacked_ops.cosine_distances_from_gram(finite_gram), kappa),
       lambda: tf.zeros([0], tf.float64))
   weights = tf.scatter_nd(index[:, tf.newaxis], finite_weights, [n])
   total = tf.reduce_sum(weights)

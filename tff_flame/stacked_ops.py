@@ -33,12 +33,27 @@ def l2_norms(x: tf.Tensor) -> tf.Tensor:
 def cosine_distances(x: tf.Tensor) -> tf.Tensor:
   """[n, n] float64 matrix of 1 - cos(x_i, x_j), with a zero diagonal.
 
-  A zero row has no direction: its distance to every other row is 1. The
-  Gram matrix is computed in the input's dtype (float32 for model updates, to
-  keep an [n, d] float64 copy out of memory) and normalised in float64.
+  The Gram matrix is computed in the input's dtype (float32 for model
+  updates, to keep an [n, d] float64 copy out of memory); see
+  `cosine_distances_from_gram`.
   """
-  gram = tf.cast(tf.matmul(x, x, transpose_b=True), tf.float64)
-  norms = tf.sqrt(tf.maximum(tf.linalg.diag_part(gram), 0.0))
+  return cosine_distances_from_gram(tf.matmul(x, x, transpose_b=True))
+
+
+def norms_from_gram(gram: tf.Tensor) -> tf.Tensor:
+  """float64 [n]: sqrt of the Gram diagonal."""
+  return tf.sqrt(tf.maximum(tf.linalg.diag_part(gram), 0.0))
+
+
+def cosine_distances_from_gram(gram: tf.Tensor) -> tf.Tensor:
+  """float64 [n, n] matrix of 1 - cos(x_i, x_j) from the Gram matrix, with a zero diagonal.
+
+  A zero row has no direction: its distance to every other row is 1.
+  Distances are clipped to [0, 2] and made symmetric; normalising by
+  sqrt(g_ii) * sqrt(g_jj) keeps the products in range.
+  """
+  gram = tf.cast(gram, tf.float64)
+  norms = norms_from_gram(gram)
   denom = norms[:, tf.newaxis] * norms[tf.newaxis, :]
   cosine = tf.where(denom > 0.0, gram / tf.where(denom > 0.0, denom, 1.0), 0.0)
   distances = tf.clip_by_value(1.0 - cosine, 0.0, 2.0)

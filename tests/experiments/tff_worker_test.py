@@ -1,7 +1,6 @@
 """The context manager ends the TFF worker it ran, also from a shell without job
 control and under SIGKILL; importing the harness starts nothing."""
 
-import json
 import os
 import pathlib
 import subprocess

@@ -4,7 +4,6 @@ import numpy as np
 import pathlib
 import pytest
 import sys
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from oracles import flame_round_numpy

@@ -13,6 +13,7 @@ with NaN and Inf clients, through TFF for every defense.
 
 import pathlib
 import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
