@@ -19,6 +19,7 @@ DEFENSES = ('none', 'flame', 'krum', 'multi_krum', 'median', 'trimmed_mean', 'no
             'weak_dp', 'foolsgold')
 ATTACKS = ('none', 'data_poisoning', 'constrain_and_scale', 'pgd', 'dba')
 CLUSTERING_SPACES = ('update', 'model')
+FLAME_DISTANCES = ('cosine', 'euclidean')
 
 
 def param(default: Any, help: str, *, choices: Sequence[str] = (),  # pylint: disable=redefined-builtin
@@ -45,6 +46,9 @@ class TaskConfig:
   fashion_mnist_train_examples: Optional[int] = param(
       None, 'fashion_mnist: training images spread over the clients (a seeded random subset)',
       lower=1, default_text='all 60,000')
+  fashion_mnist_test_examples: Optional[int] = param(
+      None, 'fashion_mnist: test images MA and BA are measured on (the same random subset for '
+      'every seed; evaluation costs time every round)', lower=1, default_text='all 10,000')
   shakespeare_text: Optional[str] = param(None, "shakespeare: a play text in 'SPEAKER:' + "
                                           'lines format')
   shakespeare_cache_dir: Optional[str] = param(None, "shakespeare: TFF's cache folder (without "
@@ -89,6 +93,9 @@ class ExperimentConfig:
   clustering_space: str = param('model', 'FLAME clusters local `model`s (the paper) or '
                                 '`update`s',
                                 choices=CLUSTERING_SPACES)
+  flame_distance: Optional[str] = param(
+      None, "FLAME's clustering distance: `cosine` or `euclidean`", choices=FLAME_DISTANCES,
+      default_text='cosine between models, Euclidean between updates')
   num_byzantine: Optional[int] = param(None, 'krum, multi_krum: f', lower=0,
                                        default_text='expected attackers per round')
   trim_fraction: float = param(0.2, 'trimmed_mean: share cut at each end per coordinate',

@@ -24,6 +24,7 @@ FILTERING = ('flame', 'krum', 'multi_krum', 'foolsgold')
 def build_aggregator(name: str,
                      noise_lambda: float = 0.001,
                      clustering_space: str = 'update',
+                     flame_distance: Optional[str] = None,
                      seed: int = 0,
                      num_byzantine: int = 0,
                      trim_fraction: float = 0.2,
@@ -44,7 +45,8 @@ def build_aggregator(name: str,
     return tff.aggregators.UnweightedMeanFactory()
   if name == 'flame':
     return tff_flame.FlameFactory(noise_lambda=noise_lambda, seed=seed,
-                                  clustering_space=clustering_space, max_clients=max_clients)
+                                  clustering_space=clustering_space, distance=flame_distance,
+                                  max_clients=max_clients)
   if name == 'krum':
     return tff_flame.KrumFactory(num_byzantine, num_selected=1, max_clients=max_clients)
   if name == 'multi_krum':
@@ -83,7 +85,8 @@ def defense_factory(config: config_lib.ExperimentConfig
     num_byzantine = config.expected_attackers_per_round()
   return build_aggregator(
       config.defense, noise_lambda=config.noise_lambda, clustering_space=config.clustering_space,
-      seed=config.seed, num_byzantine=num_byzantine, trim_fraction=config.trim_fraction,
+      flame_distance=config.flame_distance, seed=config.seed, num_byzantine=num_byzantine,
+      trim_fraction=config.trim_fraction,
       norm_bound=config.norm_bound, dp_noise_multiplier=config.dp_noise_multiplier,
       clients_per_round=config.clients_per_round, foolsgold_kappa=config.foolsgold_kappa)
 

@@ -20,6 +20,7 @@ from tasks import task
 DEBIAN_PACKAGE = 'dataset-fashion-mnist'
 FILES = dict(train_images='train-images-idx3-ubyte', train_labels='train-labels-idx1-ubyte',
              test_images='t10k-images-idx3-ubyte', test_labels='t10k-labels-idx1-ubyte')
+TEST_SUBSET_SEED = 20221111  # fixed: every run seed evaluates on the same test images
 CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
                'Sneaker', 'Bag', 'Ankle boot')
 # IDX type codes -> big-endian NumPy dtypes.
@@ -85,6 +86,7 @@ def load_fashion_mnist_task(data_dir: str,
                             dirichlet_alpha: float = 0.5,
                             seed: int = 0,
                             train_examples: Optional[int] = None,
+                            test_examples: Optional[int] = None,
                             target_label: int = 0,
                             min_examples_per_client: int = 5,
                             trigger_parts: images.TriggerParts = emnist.EMNIST_TRIGGER_PARTS,
@@ -93,7 +95,8 @@ def load_fashion_mnist_task(data_dir: str,
 
   `train_examples` (None: all) training images, a random subset drawn with
   `seed`, are partitioned (`images.dirichlet_partition`); the test set is the
-  release's 10,000 test images. Pixels are scaled to [0, 1] (background 0).
+  release's 10,000 test images, or `test_examples` of them (a random subset
+  that does not depend on `seed`, so every seed is measured alike). Pixels are scaled to [0, 1] (background 0).
   The backdoor is DBA's four-bar trigger in the top-left corner (as EMNIST's)
   relabelling to `target_label` (0, T-shirt/top).
   """
@@ -110,6 +113,13 @@ def load_fashion_mnist_task(data_dir: str,
                        f'{train_examples}.')
     keep = np.sort(rng.choice(len(x_train), size=train_examples, replace=False))
     x_train, y_train = x_train[keep], y_train[keep]
+  if test_examples is not None:
+    if not 1 <= test_examples <= len(x_test):
+      raise ValueError(f'--fashion_mnist_test_examples must be in [1, {len(x_test)}], got '
+                       f'{test_examples}.')
+    order = np.random.default_rng(TEST_SUBSET_SEED).permutation(len(x_test))
+    keep = np.sort(order[:test_examples])
+    x_test, y_test = x_test[keep], y_test[keep]
   shards = images.dirichlet_partition(y_train, num_clients, dirichlet_alpha, rng,
                                       min_examples=min_examples_per_client)
   return task.Task(

@@ -15,6 +15,7 @@ def load_task(name: str,
               emnist_cache_dir: Optional[str] = None,
               fashion_mnist_dir: str = '/usr/share/datasets/fashion-mnist',
               fashion_mnist_train_examples: Optional[int] = None,
+              fashion_mnist_test_examples: Optional[int] = None,
               shakespeare_text: Optional[str] = None,
               shakespeare_cache_dir: Optional[str] = None,
               nbaiot_path: Optional[str] = None,
@@ -38,7 +39,7 @@ def load_task(name: str,
     from tasks import fashion_mnist  # pylint: disable=g-import-not-at-top
     return fashion_mnist.load_fashion_mnist_task(
         fashion_mnist_dir, num_clients=num_clients, dirichlet_alpha=dirichlet_alpha, seed=seed,
-        train_examples=fashion_mnist_train_examples)
+        train_examples=fashion_mnist_train_examples, test_examples=fashion_mnist_test_examples)
   if name == 'shakespeare':
     from tasks import shakespeare  # pylint: disable=g-import-not-at-top
     if shakespeare_text:

@@ -15,8 +15,13 @@ def hdbscan_labels_numpy(distances: np.ndarray, min_cluster_size: int,
   return clusterer.fit(distances).labels_.astype(np.int32)
 
 
-def flame_round_numpy(updates, min_cluster_size=None, reference=None):
-  """Returns (noiseless aggregate, admitted mask, S_t) for [n, d] updates."""
+def flame_round_numpy(updates, min_cluster_size=None, reference=None, distance=None):
+  """Returns (noiseless aggregate, admitted mask, S_t) for [n, d] updates.
+
+  distance: 'cosine' or 'euclidean'; None = cosine with a reference (models),
+  Euclidean without (updates), as FLAME's defaults.
+  """
+  distance = distance or ('euclidean' if reference is None else 'cosine')
   updates = np.asarray(updates, np.float64)
   n = updates.shape[0]
   mcs = n // 2 + 1 if min_cluster_size is None else min_cluster_size
@@ -28,10 +33,13 @@ def flame_round_numpy(updates, min_cluster_size=None, reference=None):
     admitted[:] = finite
   elif len(idx) >= max(2, mcs):
     p = points[idx]
-    unit = p / np.linalg.norm(p, axis=1, keepdims=True)
-    d = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
-    d = 0.5 * (d + d.T)
-    np.fill_diagonal(d, 0.0)
+    if distance == 'cosine':
+      unit = p / np.linalg.norm(p, axis=1, keepdims=True)
+      d = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+      d = 0.5 * (d + d.T)
+      np.fill_diagonal(d, 0.0)
+    else:  # pairwise differences directly, not through a Gram matrix
+      d = np.linalg.norm(p[:, None, :] - p[None, :, :], axis=2)
     labels = hdbscan.HDBSCAN(metric='precomputed', min_cluster_size=mcs, min_samples=1,
                              allow_single_cluster=True).fit(d).labels_
     if (labels >= 0).any():

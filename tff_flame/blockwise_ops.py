@@ -213,10 +213,6 @@ def finite_rows(blocks, norms: Optional[tf.Tensor] = None) -> tf.Tensor:
   return tf.math.is_finite(norms) & (tf.cast(norms, tf.float64) <= FLOAT32_MAX)
 
 
-def _points(block, reference):
-  return block if reference is None else tf.cast(reference, tf.float32)[tf.newaxis, :] - block
-
-
 def gram_matrix(blocks, compute_dtype=tf.float32,
                 reference: Optional[tf.Tensor] = None) -> tf.Tensor:
   """float64 [n, n] Gram matrix <x_i, x_j> of the rows, built block pair by block pair.
@@ -235,9 +231,12 @@ def gram_matrix(blocks, compute_dtype=tf.float32,
   blocks left of the diagonal are zero) and the Gram matrix is S + S^T
   (halving and doubling are exact).
 
-  With `reference` ([d], the global model), the points are reference - x_i
-  (FLAME's model space), formed block by block.
+  With `reference` ([d] finite, the global model), the Gram matrix of the
+  points reference - x_i (FLAME's model space): `model_space_gram`.
   """
+  if reference is not None:
+    return model_space_gram(gram_matrix(blocks, compute_dtype),
+                            reference_products(blocks, reference), reference)
   compute_dtype = tf.as_dtype(compute_dtype)
   num = len(blocks)
   if num == 0:
@@ -248,7 +247,7 @@ def gram_matrix(blocks, compute_dtype=tf.float32,
   # Computed on the rows as stored; the [n, n] result is put in canonical
   # order at the end (a Gram entry does not depend on where its rows are).
   def exponents_of(g):
-    e, f = _exponents(_points(stored.read_raw(g), reference), safe_range=True)
+    e, f = _exponents(stored.read_raw(g), safe_range=True)
     return tf.stack([e, tf.cast(f, tf.int32)], axis=1)
 
   parts = tf.TensorArray(tf.int32, size=num, infer_shape=False)
@@ -261,7 +260,7 @@ def gram_matrix(blocks, compute_dtype=tf.float32,
 
   def scaled(g):
     start, stop = offsets[g], offsets[g + 1]
-    block = _points(stored.read_raw(g), reference)
+    block = stored.read_raw(g)
     e, f = exponent[start:stop], finite[start:stop]
     # Most blocks need no scaling and have no NaN/Inf: then no copy at all.
     plain = tf.reduce_all(tf.equal(e, 0)) & tf.reduce_all(f)
@@ -297,6 +296,49 @@ def gram_matrix(blocks, compute_dtype=tf.float32,
   gram = scaled_gram * scale[:, tf.newaxis] * scale[tf.newaxis, :]
   perm = stored.permutation()
   return tf.gather(tf.gather(gram, perm), perm, axis=1)
+
+
+def reference_products(blocks, reference: tf.Tensor) -> tf.Tensor:
+  """float64 [n] <reference, x_i>, NaN for rows with NaN or Inf; cannot overflow.
+
+  Each row and the reference are scaled exactly by powers of two (as in
+  `l2_norms`), multiplied in float32 (|product| <= d) and rescaled in float64.
+  """
+  if not blocks:
+    return tf.zeros([0], tf.float64)
+  reference = tf.reshape(tf.cast(reference, tf.float32), [1, -1])
+  e_ref, _ = _exponents(reference)
+  scaled_reference = _scaled(reference, e_ref, tf.constant([True]))[0]
+
+  def products(g, b):
+    del g
+    e, finite = _exponents(b)
+    dots = tf.cast(tf.linalg.matvec(_scaled(b, e, finite), scaled_reference), tf.float64)
+    dots = dots * _exp2_f64(e + e_ref[0])
+    return tf.where(finite, dots, tf.constant(float('nan'), tf.float64))
+
+  stored = _Blocks(blocks)
+  return tf.reshape(stored.map_raw_rows(products, tf.float64), [stored.num_rows])
+
+
+def model_space_gram(update_gram: tf.Tensor, products: tf.Tensor,
+                     reference: tf.Tensor) -> tf.Tensor:
+  """float64 [n, n] <r - x_i, r - x_j> = |r|^2 - <r, x_i> - <r, x_j> + <x_i, x_j>.
+
+  From the rows' Gram matrix and `reference_products`, so model space costs
+  one pass of [n] dot products more than update space instead of forming
+  r - x_i for every block pair. Also more accurate than a float32 Gram of
+  r - x_i, whose entries are all about |r|^2 (each term here is rounded at
+  its own scale and combined in float64). Rows with NaN or Inf (NaN
+  products) give zero rows and columns.
+  """
+  reference = tf.cast(reference, tf.float64)
+  finite = tf.math.is_finite(products)
+  products = tf.where(finite, products, 0.0)
+  gram = (tf.reduce_sum(tf.square(reference)) - products[:, tf.newaxis] -
+          products[tf.newaxis, :] + tf.cast(update_gram, tf.float64))
+  keep = tf.cast(finite, tf.float64)
+  return gram * keep[:, tf.newaxis] * keep[tf.newaxis, :]
 
 
 def squared_distances_from_gram(gram: tf.Tensor) -> tf.Tensor:

@@ -1,8 +1,9 @@
 """FLAME (Nguyen et al., USENIX Security 2022): the round as pure TF functions, and its TFF factory.
 
-Per round, over the n client updates delta_i (TFF's sign: G - W_i): cluster by
-cosine distance with HDBSCAN (min cluster size n // 2 + 1) and admit the
-largest cluster; clip every admitted update to S_t, the median L2 norm of all
+Per round, over the n client updates delta_i (TFF's sign: G - W_i): cluster the
+local models W_i by cosine distance (or, without the global model, the updates
+by Euclidean distance; see `default_distance`) with HDBSCAN (min cluster size
+n // 2 + 1) and admit the largest cluster; clip every admitted update to S_t, the median L2 norm of all
 finite updates; average; add Gaussian noise with sigma = lambda * S_t. The
 functions are unit-tested without TFF and run unchanged inside a
 `tff.tensorflow.computation`: `flame_round` on the [n, d] matrix of stacked
@@ -23,6 +24,23 @@ from tff_flame import gathered
 from tff_flame import stacked_ops
 
 CLUSTERING_SPACES = ('update', 'model')
+DISTANCES = ('cosine', 'euclidean')
+
+
+def default_distance(clustering_space: str) -> str:
+  """The paper's cosine between local models; Euclidean between updates alone.
+
+  Cosine between updates discards their length, so boosted updates look
+  benign; Euclidean distance between updates (= between the local models)
+  keeps it, and matched model-space FLAME's filtering in the measured runs
+  (README, "What the bare path loses").
+  """
+  return 'cosine' if clustering_space == 'model' else 'euclidean'
+
+
+def check_distance(distance: str) -> None:
+  if distance not in DISTANCES:
+    raise ValueError(f'distance must be one of {DISTANCES}, got {distance!r}.')
 
 
 def noise_lambda_from_privacy(epsilon: float, delta: float) -> float:
@@ -42,7 +60,7 @@ def default_min_cluster_size(num_clients: tf.Tensor) -> tf.Tensor:
 def cluster_from_distances(distances: tf.Tensor, finite: tf.Tensor,
                            min_cluster_size: tf.Tensor, min_samples: int = 1,
                            labels_fn=clustering.hdbscan_labels):
-  """HDBSCAN labels of the finite rows from the [n, n] cosine distances; -1 for the others.
+  """HDBSCAN labels of the finite rows from the [n, n] distances; -1 for the others.
 
   Returns (labels [n], admitted [n] bool). Admitted clients are the largest
   cluster (lowest id on a tie). With a single client nothing can be compared,
@@ -70,10 +88,13 @@ def cluster_from_distances(distances: tf.Tensor, finite: tf.Tensor,
 
 
 def cluster_clients(points: tf.Tensor, finite: tf.Tensor, min_cluster_size: tf.Tensor,
-                    min_samples: int = 1, labels_fn=clustering.hdbscan_labels):
-  """`cluster_from_distances` on the cosine distances of the [n, d] points."""
-  return cluster_from_distances(stacked_ops.cosine_distances(points), finite, min_cluster_size,
-                                min_samples, labels_fn)
+                    min_samples: int = 1, labels_fn=clustering.hdbscan_labels,
+                    distance: str = 'cosine'):
+  """`cluster_from_distances` on the cosine (or Euclidean) distances of the [n, d] points."""
+  check_distance(distance)
+  distances = (stacked_ops.cosine_distances(points) if distance == 'cosine' else
+               tf.sqrt(stacked_ops.squared_distances(points)))
+  return cluster_from_distances(distances, finite, min_cluster_size, min_samples, labels_fn)
 
 
 def _noised_round(mean, fallback, noise_seed, noise_lambda, bound, n, finite, admitted, labels,
@@ -102,7 +123,8 @@ def flame_round(updates: tf.Tensor,
                 min_cluster_size: Optional[tf.Tensor] = None,
                 min_samples: int = 1,
                 global_model: Optional[tf.Tensor] = None,
-                labels_fn=clustering.hdbscan_labels):
+                labels_fn=clustering.hdbscan_labels,
+                distance: Optional[str] = None):
   """One FLAME aggregation over stacked client updates.
 
   Args:
@@ -114,6 +136,9 @@ def flame_round(updates: tf.Tensor,
     global_model: None to cluster the updates; the [d] global model G to cluster
       the local models W_i = G - delta_i (the paper's space).
     labels_fn: the clustering implementation (TF ops by default).
+    distance: 'cosine' or 'euclidean' between the points; None =
+      `default_distance` of the space (cosine between models, Euclidean
+      between updates). Euclidean distance is the same in both spaces.
 
   Returns:
     (aggregate [d] in the updates' dtype, measurements OrderedDict).
@@ -127,7 +152,9 @@ def flame_round(updates: tf.Tensor,
   safe_updates = tf.where(finite[:, tf.newaxis], updates, tf.zeros_like(updates))
   points = safe_updates if global_model is None else (
       tf.cast(global_model, updates.dtype)[tf.newaxis, :] - safe_updates)
-  labels, admitted = cluster_clients(points, finite, min_cluster_size, min_samples, labels_fn)
+  distance = distance or default_distance('update' if global_model is None else 'model')
+  labels, admitted = cluster_clients(points, finite, min_cluster_size, min_samples, labels_fn,
+                                     distance)
 
   norms = stacked_ops.l2_norms(safe_updates)
   finite_norms = tf.boolean_mask(norms, finite)
@@ -149,7 +176,8 @@ def flame_round_blocks(blocks,
                        min_cluster_size: Optional[tf.Tensor] = None,
                        min_samples: int = 1,
                        global_model: Optional[tf.Tensor] = None,
-                       labels_fn=clustering.hdbscan_labels):
+                       labels_fn=clustering.hdbscan_labels,
+                       distance: Optional[str] = None):
   """`flame_round` on the updates held as G row blocks [m_g, d] (float32), never as [n, d].
 
   The same round as `flame_round` on the concatenated blocks (same admitted
@@ -166,9 +194,15 @@ def flame_round_blocks(blocks,
   min_cluster_size = tf.cast(min_cluster_size, tf.int32)
   norms = blockwise_ops.l2_norms(blocks)
   finite = blockwise_ops.finite_rows(blocks, norms)
+  distance = distance or default_distance('update' if global_model is None else 'model')
+  check_distance(distance)
   with tf.control_dependencies([norms]):  # one pass over the blocks at a time
-    gram = blockwise_ops.gram_matrix(blocks, tf.float32, reference=global_model)
-  distances = stacked_ops.cosine_distances_from_gram(gram)
+    if distance == 'cosine':
+      gram = blockwise_ops.gram_matrix(blocks, tf.float32, reference=global_model)
+      distances = stacked_ops.cosine_distances_from_gram(gram)
+    else:  # ||W_i - W_j|| = ||delta_i - delta_j||: the global model cancels.
+      gram = blockwise_ops.gram_matrix(blocks, tf.float32)
+      distances = tf.sqrt(blockwise_ops.squared_distances_from_gram(gram))
   labels, admitted = cluster_from_distances(distances, finite, min_cluster_size, min_samples,
                                             labels_fn)
   norms = tf.where(finite, norms, tf.zeros_like(norms))  # as flame_round's zeroed rows
@@ -202,7 +236,8 @@ class FlameFactory(gathered.GatheredAggregationFactory):
                seed: int = 0,
                max_clients: int = 1000,
                clustering_space: str = 'update',
-               num_groups: Optional[int] = None):
+               num_groups: Optional[int] = None,
+               distance: Optional[str] = None):
     """Args:
       noise_lambda: sigma = noise_lambda * S_t (0.001 image tasks, 0.01 IoT in
         the paper; see `noise_lambda_from_privacy`).
@@ -215,6 +250,9 @@ class FlameFactory(gathered.GatheredAggregationFactory):
         aggregator receives); 'model' clusters the local models G - delta_i
         and needs the global model.
       num_groups: the gather's groups G; None = `grouped_gather.num_groups_for(max_clients)`.
+      distance: 'cosine' or 'euclidean' for the clustering; None =
+        `default_distance(clustering_space)`: the paper's cosine between
+        models, Euclidean between updates alone (closest to the paper there).
     """
     super().__init__(max_clients=max_clients, num_groups=num_groups)
     if not noise_lambda >= 0:
@@ -232,14 +270,21 @@ class FlameFactory(gathered.GatheredAggregationFactory):
     self._min_samples = min_samples
     self._seed = int(seed)
     self._clustering_space = clustering_space
+    self._distance = distance or default_distance(clustering_space)
+    check_distance(self._distance)
 
   @property
   def clustering_space(self) -> str:
     return self._clustering_space
 
   @property
+  def distance(self) -> str:
+    return self._distance
+
+  @property
   def requires_global_model(self) -> bool:
-    return self._clustering_space == 'model'
+    # Euclidean distances between models equal those between updates.
+    return self._clustering_space == 'model' and self._distance == 'cosine'
 
   def as_weighted(self) -> tff.aggregators.WeightedAggregationFactory:
     """The same aggregator for `build_weighted_fed_avg`; client weights are ignored."""
@@ -253,6 +298,6 @@ class FlameFactory(gathered.GatheredAggregationFactory):
     seed = tf.stack([state['seed'], state['round_num']])
     aggregate, measurements = flame_round_blocks(
         blocks, seed, self._noise_lambda, self._min_cluster_size, self._min_samples,
-        global_model=global_model, labels_fn=clustering.hdbscan_labels)
+        global_model=global_model, labels_fn=clustering.hdbscan_labels, distance=self._distance)
     new_state = collections.OrderedDict(seed=state['seed'], round_num=state['round_num'] + 1)
     return new_state, aggregate, measurements

@@ -100,6 +100,16 @@ def test_task_from_idx_files(tmp_path, compress):
   subset = registry.load_task('fashion_mnist', num_clients=4, seed=3,
                               fashion_mnist_dir=str(tmp_path), fashion_mnist_train_examples=100)
   assert sum(len(x) for x, _ in subset.client_data) == 100
+  # A test subset: the same test images for every seed, each with its own label.
+  small = [registry.load_task('fashion_mnist', num_clients=4, seed=seed,
+                              fashion_mnist_dir=str(tmp_path), fashion_mnist_test_examples=7)
+           for seed in (3, 4)]
+  x_small, y_small = small[0].test_data
+  assert len(y_small) == 7
+  np.testing.assert_array_equal(x_small, small[1].test_data[0])
+  for x, y in zip(x_small[..., 0], y_small):
+    matches = np.flatnonzero(np.all(np.isclose(arrays['test_images'] / 255.0, x), axis=(1, 2)))
+    assert y in arrays['test_labels'][matches]
 
 
 def test_missing_folder_or_file_is_one_line_naming_the_flag_and_package(tmp_path):

@@ -166,6 +166,22 @@ def test_model_space_reference():
   np.testing.assert_allclose(gram.numpy(), points @ points.T, rtol=1e-6)
 
 
+def test_model_space_gram_with_huge_and_nan_rows():
+  # <r - x_i, r - x_j> from the rows' Gram and <r, x_i>: huge rows stay finite in
+  # float64, NaN rows give zero rows and columns.
+  rng = np.random.default_rng(6)
+  x = rng.normal(size=(7, 20)).astype(np.float32)
+  x[2] *= 1e19
+  x[5, 3] = np.nan
+  reference = (3 * rng.normal(size=20)).astype(np.float32)
+  points = reference[None].astype(np.float64) - x.astype(np.float64)
+  expected = points @ points.T
+  expected[5, :] = expected[:, 5] = 0.0
+  gram = blockwise_ops.gram_matrix(split_rows(x, [3, 4]), tf.float32, reference=reference)
+  assert np.isfinite(gram.numpy()).all()
+  np.testing.assert_allclose(gram.numpy(), expected, rtol=1e-5, atol=1e-4)
+
+
 def test_works_inside_tf_function_with_unknown_block_sizes():
   spec = tf.TensorSpec([None, 5], tf.float32)
 

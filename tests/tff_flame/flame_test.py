@@ -25,12 +25,13 @@ def run(updates, noise_lambda=0.0, seed=(1, 2), **kwargs):
   return aggregate.numpy(), {k: np.asarray(v) for k, v in m.items()}
 
 
+@pytest.mark.parametrize('distance', [None, 'cosine'])
 @pytest.mark.parametrize('n_benign,n_bad', [(7, 3), (14, 6), (30, 0), (40, 19), (5, 0)])
-def test_round_matches_numpy(n_benign, n_bad):
+def test_round_matches_numpy(n_benign, n_bad, distance):
   rng = np.random.default_rng(n_benign * 100 + n_bad)
   updates = benign_and_attackers(rng, n_benign, n_bad)
-  aggregate, m = run(updates)
-  expected, admitted, bound = flame_round_numpy(updates)
+  aggregate, m = run(updates, distance=distance)
+  expected, admitted, bound = flame_round_numpy(updates, distance=distance)
   np.testing.assert_array_equal(m['admitted'].astype(bool), admitted)
   assert m['clipping_bound'] == pytest.approx(bound, rel=1e-6)
   np.testing.assert_allclose(aggregate, expected, rtol=1e-4, atol=1e-6)

@@ -1,5 +1,6 @@
 """Why the paper clusters models: boosted updates that update-space cosine admits are
-rejected when FLAME clusters the local models W_i = G - delta_i."""
+rejected when FLAME clusters the local models W_i = G - delta_i, and by the bare
+path's default (Euclidean distance between updates)."""
 
 import pathlib
 import sys
@@ -47,10 +48,17 @@ def test_update_space_admits_boosted_attackers_model_space_rejects_them():
   models = global_model[None] - rows
   assert cos(models[0], models[9]) < cos(models[0], models[1]) - 0.1
 
-  update_space = FlameFactory(noise_lambda=0.0).create(value_type)
-  m = update_space.next(update_space.initialize(), list(rows)).measurements
+  update_cosine = FlameFactory(noise_lambda=0.0, distance='cosine').create(value_type)
+  m = update_cosine.next(update_cosine.initialize(), list(rows)).measurements
   attackers_in, _ = admitted_attackers(m)
   assert attackers_in == 3
+
+  bare_default = FlameFactory(noise_lambda=0.0)
+  assert bare_default.distance == 'euclidean' and not bare_default.requires_global_model
+  bare = bare_default.create(value_type)
+  m = bare.next(bare.initialize(), list(rows)).measurements
+  attackers_in, benign_in = admitted_attackers(m)
+  assert attackers_in == 0 and benign_in == 7
 
   model_space = FlameFactory(noise_lambda=0.0, clustering_space='model').create_gathered(
       value_type)
