@@ -69,18 +69,28 @@ def cell_dir(output_dir, task, attack, defense) -> pathlib.Path:
   return pathlib.Path(output_dir) / task / attack / defense
 
 
+def run_training(out: pathlib.Path, run_flags: list) -> tuple:
+  """`python -m experiments.run` with these flags, logging to out/log.txt; (seconds, exit code).
+
+  A run cut short continues from its checkpoint when started again.
+  """
+  start = time.monotonic()
+  with open(out / 'log.txt', 'a') as log:
+    code = subprocess.run([sys.executable, '-m', 'experiments.run'] + run_flags, cwd=REPO,
+                          stdout=log, stderr=subprocess.STDOUT).returncode
+  return time.monotonic() - start, code
+
+
 def run_cell(output_dir, task, attack, defense, seed, extra) -> tuple:
   """Runs one cell unless it already finished; returns (cell, seconds, status)."""
   out = cell_dir(output_dir, task, attack, defense)
   if (out / 'summary.json').exists():
     return (task, attack, defense), 0.0, 'cached'
   out.mkdir(parents=True, exist_ok=True)
-  cmd = [sys.executable, '-m', 'experiments.run', f'--task={task}', f'--attack={attack}',
-         f'--defense={defense}', f'--seed={seed}', f'--output_dir={out}'] + TASK_FLAGS[task] + extra
-  start = time.monotonic()
-  with open(out / 'log.txt', 'a') as log:  # A cell cut short continues from its checkpoint.
-    code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-  return (task, attack, defense), time.monotonic() - start, 'ok' if code == 0 else f'exit {code}'
+  seconds, code = run_training(out, [f'--task={task}', f'--attack={attack}',
+                                     f'--defense={defense}', f'--seed={seed}',
+                                     f'--output_dir={out}'] + TASK_FLAGS[task] + extra)
+  return (task, attack, defense), seconds, 'ok' if code == 0 else f'exit {code}'
 
 
 def _mean(values):

@@ -101,6 +101,17 @@ class ProjectedGradientDescent(DataPoisoning):
     return [tf.where(malicious, p, v) for v, p in zip(trainable, projected)]
 
 
+class ScaledProjectedGradientDescent(ProjectedGradientDescent):
+  """PGD with model replacement (Wang et al. 2020): PGD, then the update times gamma."""
+
+  def __init__(self, radius: float, scale_factor: float):
+    super().__init__(radius)
+    self.scale_factor = scale_factor
+
+  def update_scale(self, malicious):
+    return tf.where(malicious, self.scale_factor, 1.0)
+
+
 def model_replacement_scale(clients_per_round: int, server_learning_rate: float,
                             attackers_per_round: float = 1.0) -> float:
   """gamma = n / (eta * k): k attackers together replace the global model after averaging.
@@ -121,11 +132,13 @@ def build_attack(config: config_lib.ExperimentConfig) -> Attack:
     return DistributedBackdoor()
   if config.attack == 'pgd':
     return ProjectedGradientDescent(config.pgd_radius)
+  scale = config.scale_factor
+  if scale is None:
+    scale = model_replacement_scale(config.clients_per_round, config.server_learning_rate,
+                                    config.expected_attackers_per_round())
+  if config.attack == 'pgd_scaled':
+    return ScaledProjectedGradientDescent(config.pgd_radius, scale)
   if config.attack == 'constrain_and_scale':
-    scale = config.scale_factor
-    if scale is None:
-      scale = model_replacement_scale(config.clients_per_round, config.server_learning_rate,
-                                      config.expected_attackers_per_round())
     return ConstrainAndScale(config.alpha, scale)
   raise ValueError(f'--attack must be one of {", ".join(config_lib.ATTACKS)}; '
                    f'got {config.attack!r}.')

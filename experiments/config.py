@@ -17,7 +17,7 @@ from tasks import registry
 TASKS = registry.TASKS
 DEFENSES = ('none', 'flame', 'krum', 'multi_krum', 'median', 'trimmed_mean', 'norm_bounding',
             'weak_dp', 'foolsgold')
-ATTACKS = ('none', 'data_poisoning', 'constrain_and_scale', 'pgd', 'dba')
+ATTACKS = ('none', 'data_poisoning', 'constrain_and_scale', 'pgd', 'pgd_scaled', 'dba')
 CLUSTERING_SPACES = ('update', 'model')
 FLAME_DISTANCES = ('cosine', 'euclidean')
 
@@ -81,9 +81,10 @@ class ExperimentConfig:
                                        lower=0, default_text='all')
   alpha: float = param(0.9, 'constrain_and_scale: weight of the task loss', lower=0.0,
                        upper=1.0)
-  scale_factor: Optional[float] = param(None, 'constrain_and_scale: gamma', lower=1e-9,
-                                        default_text='model replacement')
-  pgd_radius: float = param(1.0, 'pgd: L2 radius around the global model', lower=1e-9)
+  scale_factor: Optional[float] = param(None, 'constrain_and_scale, pgd_scaled: gamma',
+                                        lower=1e-9, default_text='model replacement')
+  pgd_radius: float = param(1.0, 'pgd, pgd_scaled: L2 radius around the global model',
+                            lower=1e-9)
   client_epochs: int = param(3, 'local epochs', lower=1)
   batch_size: int = param(20, 'client batch size', lower=1)
   client_learning_rate: float = param(0.1, 'client SGD learning rate', lower=0.0)

@@ -19,6 +19,7 @@ or the training code, delete the cache folder.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -132,15 +133,19 @@ def load_or_train(task, task_config: TaskConfig, config: ExperimentConfig, cache
   if not config.pretrain_rounds:
     return None
   path = cache_path(cache_dir, task_config, config)
-  loaded = os.path.exists(path) and os.path.exists(path[:-len('.npz')] + '.json')
-  if loaded:
-    weights, record = _load(path)
-  else:
-    weights, main_accuracy, backdoor_accuracy = train(task, config, log)
-    record = dict(key=cache_key(task_config, config), main_accuracy=main_accuracy,
-                  backdoor_accuracy=backdoor_accuracy, num_trainable=len(weights.trainable),
-                  num_non_trainable=len(weights.non_trainable))
-    _save(path, weights, record)
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  # One process trains, concurrent runs with the same key (grid cells) wait and load.
+  with open(path + '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    loaded = os.path.exists(path) and os.path.exists(path[:-len('.npz')] + '.json')
+    if loaded:
+      weights, record = _load(path)
+    else:
+      weights, main_accuracy, backdoor_accuracy = train(task, config, log)
+      record = dict(key=cache_key(task_config, config), main_accuracy=main_accuracy,
+                    backdoor_accuracy=backdoor_accuracy, num_trainable=len(weights.trainable),
+                    num_non_trainable=len(weights.non_trainable))
+      _save(path, weights, record)
   pretrained = Pretrained(weights, record['main_accuracy'], record['backdoor_accuracy'],
                           config.pretrain_rounds, path, loaded)
   log(f'pretrained: {config.pretrain_rounds} rounds of clean FedAvg, MA '

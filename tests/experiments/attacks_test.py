@@ -89,6 +89,16 @@ def test_pgd_keeps_the_attacker_inside_the_ball():
   assert np.linalg.norm(bad) <= 0.01 * (1 + 1e-5)
 
 
+def test_scaled_pgd_is_pgd_times_gamma():
+  _, projected = _run_client_work(attacks.ProjectedGradientDescent(radius=0.01))
+  _, scaled = _run_client_work(attacks.ScaledProjectedGradientDescent(radius=0.01,
+                                                                      scale_factor=5.0))
+  np.testing.assert_allclose(scaled, 5.0 * projected, rtol=1e-5)
+  config = config_lib.ExperimentConfig(attack='pgd_scaled', clients_per_round=10)
+  attack = attacks.build_attack(config)
+  assert attack.scale_factor == pytest.approx(10 / 3) and attack.radius == config.pgd_radius
+
+
 def test_models_with_sparse_gradients_train():
   """Embedding layers give IndexedSlices gradients (the text task's LSTM has one)."""
   def embedding_model():
