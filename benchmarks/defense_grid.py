@@ -18,36 +18,17 @@ import csv
 import json
 import os
 import pathlib
-import subprocess
-import sys
-import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks import training_runs
 from experiments import defenses
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / 'shared' / 'data'
-
-# Per-task settings (flags of experiments/run.py) sized for a 2-core machine.
-TASK_FLAGS = {
-    'digits': ['--num_clients=20', '--clients_per_round=10', '--rounds=15',
-               '--attack_start_round=8'],
-    'nbaiot': [f'--nbaiot_path={SHARED_DATA / "nbaiot_sample"}', '--nbaiot_clients_per_device=10',
-               '--num_clients=10', '--clients_per_round=10', '--rounds=10',
-               '--attack_start_round=5', '--noise_lambda=0.01'],
-    # Sizes not yet timed as a grid: by hand, a round of 5 clients x ~1,000 images (1 epoch,
-    # the 1.66M-parameter CNN) took ~70 s on the shared 2-core machine. The 5 clean
-    # pretraining rounds are cached once and shared by every cell.
-    'fashion_mnist': ['--num_clients=40', '--clients_per_round=10',
-                      '--fashion_mnist_train_examples=12000', '--client_epochs=1',
-                      '--pretrain_rounds=5', '--rounds=10', '--attack_start_round=3'],
-    'shakespeare': [f'--shakespeare_text={SHARED_DATA / "tinyshakespeare.txt"}',
-                    '--num_clients=10', '--clients_per_round=10', '--rounds=12',
-                    '--attack_start_round=7', '--client_epochs=1', '--client_learning_rate=1.0'],
-}
+REPO = training_runs.REPO
+SHARED_DATA = training_runs.SHARED_DATA
+TASK_FLAGS = training_runs.TASK_FLAGS
 FILTERING = defenses.FILTERING
 
 _TASKS = flags.DEFINE_list('tasks', ['digits', 'nbaiot'], f'Tasks among {sorted(TASK_FLAGS)}.')
@@ -69,25 +50,13 @@ def cell_dir(output_dir, task, attack, defense) -> pathlib.Path:
   return pathlib.Path(output_dir) / task / attack / defense
 
 
-def run_training(out: pathlib.Path, run_flags: list) -> tuple:
-  """`python -m experiments.run` with these flags, logging to out/log.txt; (seconds, exit code).
-
-  A run cut short continues from its checkpoint when started again.
-  """
-  start = time.monotonic()
-  with open(out / 'log.txt', 'a') as log:
-    code = subprocess.run([sys.executable, '-m', 'experiments.run'] + run_flags, cwd=REPO,
-                          stdout=log, stderr=subprocess.STDOUT).returncode
-  return time.monotonic() - start, code
-
-
 def run_cell(output_dir, task, attack, defense, seed, extra) -> tuple:
   """Runs one cell unless it already finished; returns (cell, seconds, status)."""
   out = cell_dir(output_dir, task, attack, defense)
   if (out / 'summary.json').exists():
     return (task, attack, defense), 0.0, 'cached'
   out.mkdir(parents=True, exist_ok=True)
-  seconds, code = run_training(out, [f'--task={task}', f'--attack={attack}',
+  seconds, code = training_runs.run_training(out, [f'--task={task}', f'--attack={attack}',
                                      f'--defense={defense}', f'--seed={seed}',
                                      f'--output_dir={out}'] + TASK_FLAGS[task] + extra)
   return (task, attack, defense), seconds, 'ok' if code == 0 else f'exit {code}'

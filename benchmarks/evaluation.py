@@ -33,9 +33,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from benchmarks import defense_grid
+from benchmarks import training_runs
 
-REPO = defense_grid.REPO
+REPO = training_runs.REPO
 DOCS = REPO / 'docs'
 
 # fashion_mnist sized for the 2-core machine: 12,000 training images over 50
@@ -45,7 +45,7 @@ FASHION_FLAGS = ['--task=fashion_mnist', '--num_clients=50',
                  '--fashion_mnist_train_examples=12000', '--fashion_mnist_test_examples=3000',
                  '--client_epochs=1', '--pretrain_rounds=5', '--rounds=10',
                  '--attack_start_round=3']
-TASK_FLAGS = dict(defense_grid.TASK_FLAGS, fashion_mnist=FASHION_FLAGS)
+TASK_FLAGS = dict(training_runs.TASK_FLAGS, fashion_mnist=FASHION_FLAGS)
 
 # Defense labels -> flags. `flame` is the default (the paper's model space);
 # `flame_bare` is FlameFactory() on updates alone (Euclidean distance), and
@@ -137,7 +137,7 @@ def run_cell(output_dir, cell: Cell) -> tuple:
   out.mkdir(parents=True, exist_ok=True)
   with open(out / 'cell.json', 'w') as f:
     json.dump(dict(flags=cell_flags(cell, output_dir), code=code_version()), f, indent=2)
-  seconds, code = defense_grid.run_training(out, cell_flags(cell, output_dir))
+  seconds, code = training_runs.run_training(out, cell_flags(cell, output_dir))
   return seconds, 'ok' if code == 0 else f'exit {code}'
 
 
@@ -330,7 +330,7 @@ def write_report(output_dir, path) -> None:
            f"{', '.join(codes) or '-'}, {seconds / 60:.0f} min of training loops in all "
            '(2-core machine, 2 cells at a time). Per-cell flags: `cell.json` in each cell '
            f'folder under `{output_dir}`; the task flags are `FASHION_FLAGS` and '
-           '`defense_grid.TASK_FLAGS` in the code.', '',
+           '`training_runs.TASK_FLAGS` in the code.', '',
            '## Setting', '',
            'fashion_mnist: 12,000 training images over 50 clients (Dirichlet alpha 0.5), the '
            'EMNIST CNN (1.66 M parameters), 5 rounds of clean FedAvg first (cached, shared by '
@@ -370,8 +370,8 @@ def main(argv):
   for s in _SECTIONS.value:
     cells_of(s)  # names the bad section
   if not _REPORT_ONLY.value:
-    if ('tasks' in _SECTIONS.value) and not defense_grid.SHARED_DATA.exists():
-      raise app.UsageError(f'--sections=tasks needs {defense_grid.SHARED_DATA}, which is absent.')
+    if ('tasks' in _SECTIONS.value) and not training_runs.SHARED_DATA.exists():
+      raise app.UsageError(f'--sections=tasks needs {training_runs.SHARED_DATA}, which is absent.')
     cells = [c for s in _SECTIONS.value for c in cells_of(s)]
     print(f'{len(cells)} cells, {_PROCESSES.value} at a time -> {_OUTPUT.value}', flush=True)
     lock = threading.Lock()
