@@ -213,89 +213,94 @@ def finite_rows(blocks, norms: Optional[tf.Tensor] = None) -> tf.Tensor:
   return tf.math.is_finite(norms) & (tf.cast(norms, tf.float64) <= FLOAT32_MAX)
 
 
+# Columns per slice in `gram_and_norms`: an [n, 16384] float32 slice is 6.5 MB at n = 100.
+COLUMN_SLICE = 16384
+
+
+def gram_and_norms(blocks, compute_dtype=tf.float32, reference: Optional[tf.Tensor] = None,
+                   column_slice: int = COLUMN_SLICE) -> tuple:
+  """(Gram float64 [n, n], L2 norms float64 [n], <reference, x_i> float64 [n] or None).
+
+  One pass over the data, column slice by column slice: the slices of all
+  blocks are stacked into [n, w] (a w-column temporary), multiplied with
+  themselves in `compute_dtype` and accumulated in float64, so the Gram matrix
+  costs one read of the n * d floats and a compute-bound matmul, however the
+  rows are grouped (block pair by block pair, small blocks would be read G
+  times each).
+
+  Overflow: a row whose largest |entry| is outside [2^-40, 2^40] is scaled
+  exactly by 2^-e_i first and the scale is put back in float64, so no entry
+  can overflow (see the module doc). Rows with NaN or Inf give zero Gram rows
+  and columns, NaN norms and NaN products. Norms are float64 sums of squares
+  (as `l2_norms`); the reference ([d], finite) is scaled by its own power of
+  two. Results are in canonical row order.
+  """
+  compute_dtype = tf.as_dtype(compute_dtype)
+  if not blocks:
+    empty = tf.zeros([0], tf.float64)
+    return tf.zeros([0, 0], tf.float64), empty, (None if reference is None else empty)
+  stored = _Blocks(blocks)
+  rows = [_rows_and_order(b)[0] for b in blocks]
+  n, dim = stored.num_rows, stored.dim
+  exponent_parts, finite_parts = [], []
+  for r in rows:
+    e, f = _exponents(r, safe_range=True)
+    exponent_parts.append(e)
+    finite_parts.append(f)
+  exponent, finite = tf.concat(exponent_parts, 0), tf.concat(finite_parts, 0)
+  # 2^-e as two normal float32 factors, applied one after the other (their
+  # product can be subnormal, which TF's CPU kernels flush to zero).
+  first = tf.math.floordiv(-exponent, 2)
+  first_scale = _pow2(first)[:, tf.newaxis]
+  second_scale = _pow2(-exponent - first)[:, tf.newaxis]
+  if reference is not None:
+    reference = tf.reshape(tf.cast(reference, tf.float32), [1, -1])
+    e_ref, _ = _exponents(reference)
+    scaled_reference = _scaled(reference, e_ref, tf.constant([True]))[0]
+
+  def body(start, gram, squares, products):
+    piece = tf.concat([r[:, start:start + column_slice] for r in rows], axis=0)
+    piece = tf.cast(piece, tf.float32) * first_scale * second_scale
+    piece = tf.where(finite[:, tf.newaxis], piece, 0.0)
+    wide = tf.cast(piece, compute_dtype)
+    gram += tf.cast(tf.matmul(wide, wide, transpose_b=True), tf.float64)
+    squares += tf.reduce_sum(tf.square(tf.cast(piece, tf.float64)), axis=1)
+    if reference is not None:
+      products += tf.cast(tf.linalg.matvec(
+          piece, scaled_reference[start:start + column_slice]), tf.float64)
+    return start + column_slice, gram, squares, products
+
+  zeros = tf.zeros([n], tf.float64)
+  _, gram, squares, products = tf.while_loop(
+      lambda start, *_: start < dim, body,
+      (tf.constant(0), tf.zeros([n, n], tf.float64), zeros, zeros), parallel_iterations=1)
+  scale = _exp2_f64(exponent)
+  gram = 0.5 * (gram + tf.transpose(gram)) * scale[:, tf.newaxis] * scale[tf.newaxis, :]
+  nan = tf.constant(float('nan'), tf.float64)
+  norms = tf.where(finite, scale * tf.sqrt(squares), nan)
+  perm = stored.permutation()
+  gram = tf.gather(tf.gather(gram, perm), perm, axis=1)
+  norms = tf.gather(norms, perm)
+  if reference is None:
+    return gram, norms, None
+  products = tf.where(finite, products * scale * _exp2_f64(e_ref[0]), nan)
+  return gram, norms, tf.gather(products, perm)
+
+
 def gram_matrix(blocks, compute_dtype=tf.float32,
                 reference: Optional[tf.Tensor] = None) -> tf.Tensor:
-  """float64 [n, n] Gram matrix <x_i, x_j> of the rows, built block pair by block pair.
+  """float64 [n, n] Gram matrix <x_i, x_j> of the rows (`gram_and_norms`).
 
-  A row whose largest |entry| is outside [2^-40, 2^40] (or a block with NaN
-  or Inf) is scaled exactly by 2^-e_i first, the blocks are multiplied in
-  `compute_dtype` (float32: as fast as a plain float32 matmul;
-  float64: each block pair cast on the fly, for distances between close
-  rows, where float32 cancellation matters), and the scales are put back in
-  float64, so no entry can overflow. Rows with NaN or Inf give zero rows and
-  columns.
-
-  The pairs a <= b run in a `tf.while_loop` with one iteration at a time, so
-  at most two scaled blocks exist at once and the graph stays small for any
-  number of blocks: row strip a is [0.5 * P_aa, P_a,a+1, ..., P_a,G-1] (the
-  blocks left of the diagonal are zero) and the Gram matrix is S + S^T
-  (halving and doubling are exact).
-
-  With `reference` ([d] finite, the global model), the Gram matrix of the
-  points reference - x_i (FLAME's model space): `model_space_gram`.
+  `compute_dtype` float32 is as fast as a plain float32 matmul; float64 casts
+  each slice, for distances between close rows, where float32 cancellation
+  matters. Rows with NaN or Inf give zero rows and columns. With `reference`
+  ([d] finite, the global model), the Gram matrix of the points
+  reference - x_i (FLAME's model space): `model_space_gram`.
   """
-  if reference is not None:
-    return model_space_gram(gram_matrix(blocks, compute_dtype),
-                            reference_products(blocks, reference), reference)
-  compute_dtype = tf.as_dtype(compute_dtype)
-  num = len(blocks)
-  if num == 0:
-    return tf.zeros([0, 0], tf.float64)
-  stored = _Blocks(blocks)
-  sizes, offsets, n = stored.sizes, stored.offsets, stored.num_rows
-
-  # Computed on the rows as stored; the [n, n] result is put in canonical
-  # order at the end (a Gram entry does not depend on where its rows are).
-  def exponents_of(g):
-    e, f = _exponents(stored.read_raw(g), safe_range=True)
-    return tf.stack([e, tf.cast(f, tf.int32)], axis=1)
-
-  parts = tf.TensorArray(tf.int32, size=num, infer_shape=False)
-  _, parts = tf.while_loop(lambda g, _: g < num,
-                           lambda g, parts: (g + 1, parts.write(g, exponents_of(g))),
-                           (tf.constant(0), parts), parallel_iterations=1)
-  exponent_and_finite = tf.reshape(parts.concat(), [n, 2])
-  exponent = exponent_and_finite[:, 0]
-  finite = tf.cast(exponent_and_finite[:, 1], tf.bool)
-
-  def scaled(g):
-    start, stop = offsets[g], offsets[g + 1]
-    block = stored.read_raw(g)
-    e, f = exponent[start:stop], finite[start:stop]
-    # Most blocks need no scaling and have no NaN/Inf: then no copy at all.
-    plain = tf.reduce_all(tf.equal(e, 0)) & tf.reduce_all(f)
-    block = tf.cond(plain, lambda: block, lambda: _scaled(block, e, f))
-    return tf.cast(block, compute_dtype)
-
-  def strip(a):
-    ua = scaled(a)
-    left = tf.zeros([sizes[a], offsets[a]], tf.float64)
-
-    def pair(b, parts):
-      product = tf.cast(tf.matmul(ua, scaled(b), transpose_b=True), tf.float64)
-      product = tf.where(tf.equal(a, b), 0.5 * product, product)
-      return b + 1, parts.write(b - a, tf.transpose(product))
-
-    parts = tf.TensorArray(tf.float64, size=num - a, infer_shape=False,
-                           element_shape=tf.TensorShape([None, None]))
-    _, parts = tf.while_loop(lambda b, _: b < num, pair, (a, parts), parallel_iterations=1)
-    # parts holds the transposed products [m_b, m_a]; concat() stacks them along b.
-    right = tf.reshape(parts.concat(), [n - offsets[a], sizes[a]])
-    return tf.concat([left, tf.transpose(right)], axis=1)
-
-  def row(a, strips):
-    return a + 1, strips.write(a, strip(a))
-
-  strips = tf.TensorArray(tf.float64, size=num, infer_shape=False,
-                          element_shape=tf.TensorShape([None, None]))
-  _, strips = tf.while_loop(lambda a, _: a < num, row, (tf.constant(0), strips),
-                            parallel_iterations=1)
-  half = tf.reshape(strips.concat(), [n, n])
-  scaled_gram = half + tf.transpose(half)
-  scale = _exp2_f64(exponent)
-  gram = scaled_gram * scale[:, tf.newaxis] * scale[tf.newaxis, :]
-  perm = stored.permutation()
-  return tf.gather(tf.gather(gram, perm), perm, axis=1)
+  gram, _, products = gram_and_norms(blocks, compute_dtype, reference)
+  if reference is None:
+    return gram
+  return model_space_gram(gram, products, reference)
 
 
 def reference_products(blocks, reference: tf.Tensor) -> tf.Tensor:

@@ -181,10 +181,10 @@ def flame_round_blocks(blocks,
   """`flame_round` on the updates held as G row blocks [m_g, d] (float32), never as [n, d].
 
   The same round as `flame_round` on the concatenated blocks (same admitted
-  set, S_t and aggregate up to float rounding): cosine distances come from
-  the block-wise Gram matrix (of G - delta_i in model space), S_t from
-  float64 norms, and the clipped sum is taken block by block
-  (`blockwise_ops`). Norms and Gram entries cannot overflow, and a client
+  set, S_t and aggregate up to float rounding): distances come from the Gram
+  matrix, built with the float64 norms in one pass over column slices (in
+  model space from it and <G, delta_i>), and the clipped sum is taken block
+  by block (`blockwise_ops`). Norms and Gram entries cannot overflow, and a client
   whose norm exceeds float32's max (e.g. all entries 3e38) is treated like a
   NaN client: never clustered, admitted or counted in S_t.
   """
@@ -192,17 +192,19 @@ def flame_round_blocks(blocks,
   if min_cluster_size is None:
     min_cluster_size = default_min_cluster_size(n)
   min_cluster_size = tf.cast(min_cluster_size, tf.int32)
-  norms = blockwise_ops.l2_norms(blocks)
-  finite = blockwise_ops.finite_rows(blocks, norms)
   distance = distance or default_distance('update' if global_model is None else 'model')
   check_distance(distance)
-  with tf.control_dependencies([norms]):  # one pass over the blocks at a time
-    if distance == 'cosine':
-      gram = blockwise_ops.gram_matrix(blocks, tf.float32, reference=global_model)
-      distances = stacked_ops.cosine_distances_from_gram(gram)
-    else:  # ||W_i - W_j|| = ||delta_i - delta_j||: the global model cancels.
-      gram = blockwise_ops.gram_matrix(blocks, tf.float32)
-      distances = tf.sqrt(blockwise_ops.squared_distances_from_gram(gram))
+  # One pass over the data for the norms, the Gram matrix and, in model space,
+  # <G, delta_i>; ||W_i - W_j|| = ||delta_i - delta_j||: Euclidean needs no G.
+  reference = global_model if distance == 'cosine' else None
+  gram, norms, products = blockwise_ops.gram_and_norms(blocks, tf.float32, reference)
+  finite = blockwise_ops.finite_rows(blocks, norms)
+  if distance == 'cosine':
+    if reference is not None:
+      gram = blockwise_ops.model_space_gram(gram, products, reference)
+    distances = stacked_ops.cosine_distances_from_gram(gram)
+  else:
+    distances = tf.sqrt(blockwise_ops.squared_distances_from_gram(gram))
   labels, admitted = cluster_from_distances(distances, finite, min_cluster_size, min_samples,
                                             labels_fn)
   norms = tf.where(finite, norms, tf.zeros_like(norms))  # as flame_round's zeroed rows
