@@ -1,6 +1,6 @@
 """The evaluation report: FLAME beside every baseline, on Fashion-MNIST and the other tasks.
 
-  python -m benchmarks.evaluation --sections=main,seeds,sweeps,tasks --processes=2
+  python -m benchmarks.evaluation --processes=2   # every section, in order
   python -m benchmarks.evaluation --report_only      # rewrite the report from what finished
 
 Each cell is one run of the training binary (`python -m experiments.run`) in
@@ -11,10 +11,10 @@ order they run:
 
   main    fashion_mnist (Dirichlet alpha 0.5, 30% malicious, 10 of 50 clients per
           round) x 4 attacks x every defense, seed 0; and the no-attack runs.
-  seeds   seeds 1 and 2 of the none and FLAME cells (mean +- std over 3 seeds).
-  sweeps  FLAME, none and Multi-Krum under constrain-and-scale against the
-          malicious share, Dirichlet alpha and clients per round.
   tasks   digits and N-BaIoT (../shared/data) under constrain-and-scale, every defense.
+  malicious_fraction, dirichlet_alpha, clients_per_round
+          sweeps: FLAME, none and Multi-Krum under constrain-and-scale.
+  seeds   seeds 1 and 2 of the none and FLAME cells (mean +- std over 3 seeds).
 
 The report (docs/evaluation.md and PNG plots beside it) is rewritten after every
 finished cell, so it always shows what has been measured so far.
@@ -72,7 +72,8 @@ SWEEPS = collections.OrderedDict([
     ('dirichlet_alpha', ((0.1, 1.0, 100.0), 0.5)),
     ('clients_per_round', ((20, 50), 10)),
 ])
-SECTIONS = ('main', 'seeds', 'sweeps', 'tasks')
+SECTIONS = ('main', 'tasks', 'malicious_fraction', 'seeds', 'dirichlet_alpha',
+            'clients_per_round')
 BASE = 'base'
 
 Cell = collections.namedtuple('Cell', 'task attack defense variant seed')
@@ -96,12 +97,11 @@ def cells_of(section: str) -> list:
     return cells + [Cell('fashion_mnist', a, d, BASE, 0)
                     for a in MAIN_ATTACKS for d in DEFENSE_FLAGS]
   if section == 'seeds':
-    return [Cell('fashion_mnist', a, d, BASE, s) for s in (1, 2)
-            for a in ('none',) + MAIN_ATTACKS for d in ('none', 'flame')
-            if not (a == 'none' and d == 'flame')]
-  if section == 'sweeps':
-    return [Cell('fashion_mnist', 'constrain_and_scale', d, variant_name(axis, v), 0)
-            for axis, (values, _) in SWEEPS.items() for v in values for d in SWEEP_DEFENSES]
+    return [Cell('fashion_mnist', a, d, BASE, s) for a in ('none',) + MAIN_ATTACKS
+            for s in (1, 2) for d in ('none', 'flame') if not (a == 'none' and d == 'flame')]
+  if section in SWEEPS:
+    return [Cell('fashion_mnist', 'constrain_and_scale', d, variant_name(section, v), 0)
+            for v in SWEEPS[section][0] for d in SWEEP_DEFENSES]
   if section == 'tasks':
     return [Cell(t, a, d, BASE, 0) for t in ('digits', 'nbaiot')
             for a, ds in (('none', ('none',)), ('constrain_and_scale', DEFENSE_FLAGS))
@@ -354,7 +354,7 @@ def write_report(output_dir, path) -> None:
   if plot_main_rounds(results, path.with_name('evaluation_rounds.png')):
     lines += ['', '![BA per round](evaluation_rounds.png)']
   lines += ['', '## Sweeps under constrain-and-scale (fashion_mnist, seed 0)', '']
-  lines += detail_table(results, cells_of('sweeps'))
+  lines += detail_table(results, [c for s in SWEEPS for c in cells_of(s)])
   if plot_sweeps(results, path.with_name('evaluation_sweeps.png')):
     lines += ['', '![sweeps](evaluation_sweeps.png)']
   for task in ('digits', 'nbaiot'):
