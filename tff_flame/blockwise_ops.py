@@ -239,9 +239,15 @@ def gram_and_norms(blocks, compute_dtype=tf.float32, reference: Optional[tf.Tens
   if not blocks:
     empty = tf.zeros([0], tf.float64)
     return tf.zeros([0, 0], tf.float64), empty, (None if reference is None else empty)
-  stored = _Blocks(blocks)
-  rows = [_rows_and_order(b)[0] for b in blocks]
-  n, dim = stored.num_rows, stored.dim
+  pairs = [_rows_and_order(b) for b in blocks]
+  rows = [r for r, _ in pairs]
+  sizes = [tf.shape(r)[0] for r in rows]
+  n, dim = tf.add_n(sizes), tf.shape(rows[0])[1]
+  # perm[i]: the stored position of the i-th row in canonical order.
+  offsets = tf.concat([[0], tf.cumsum(tf.stack(sizes))], axis=0)
+  perm = tf.concat([offsets[g] + (tf.range(sizes[g]) if order is None else
+                                  tf.cast(order, tf.int32))
+                    for g, (_, order) in enumerate(pairs)], axis=0)
   exponent_parts, finite_parts = [], []
   for r in rows:
     e, f = _exponents(r, safe_range=True)
@@ -278,7 +284,6 @@ def gram_and_norms(blocks, compute_dtype=tf.float32, reference: Optional[tf.Tens
   gram = 0.5 * (gram + tf.transpose(gram)) * scale[:, tf.newaxis] * scale[tf.newaxis, :]
   nan = tf.constant(float('nan'), tf.float64)
   norms = tf.where(finite, scale * tf.sqrt(squares), nan)
-  perm = stored.permutation()
   gram = tf.gather(tf.gather(gram, perm), perm, axis=1)
   norms = tf.gather(norms, perm)
   if reference is None:
