@@ -7,7 +7,7 @@ Each cell is one run of the training binary (`python -m experiments.run`) in
 its own process, into results/evaluation/<task>/<attack>/<defense>/<variant>/seed<k>/.
 A finished cell (summary.json) is not run again and an interrupted one continues
 from its checkpoint, so the evaluation resumes where it stopped. Sections, in the
-order they run:
+report:
 
   main    fashion_mnist (Dirichlet alpha 0.5, 30% malicious, 10 of 50 clients per
           round) x 4 attacks x every defense, seed 0; and the no-attack runs.
@@ -16,7 +16,7 @@ order they run:
           sweeps: FLAME, none and Multi-Krum under constrain-and-scale.
   seeds   seeds 1 and 2 of the none and FLAME cells (mean +- std over 3 seeds).
 
-The report (docs/evaluation.md and PNG plots beside it) is rewritten after every
+Cells run in `run_order` (most needed first). The report (docs/evaluation.md and PNG plots beside it) is rewritten after every
 finished cell, so it always shows what has been measured so far.
 """
 
@@ -107,6 +107,25 @@ def cells_of(section: str) -> list:
             for a, ds in (('none', ('none',)), ('constrain_and_scale', DEFENSE_FLAGS))
             for d in ds]
   raise ValueError(f'--sections: unknown section {section!r}; known: {SECTIONS}.')
+
+
+def run_order(sections) -> list:
+  """The cells of `sections`, in the order they run: what the report needs most first
+  (a 2-core machine may not finish them all): constrain-and-scale, the other
+  tasks, DBA and PGD, the malicious-share sweep, the constrain-and-scale
+  seeds, data poisoning, the alpha sweep, the other seeds, clients per round."""
+  rank = {'constrain_and_scale': 0, 'dba': 2, 'pgd_scaled': 3, 'data_poisoning': 6}
+
+  def priority(section, cell):
+    if section == 'main':
+      return rank.get(cell.attack, 0)
+    if section == 'seeds':
+      return 5 if cell.attack in ('none', 'constrain_and_scale') else 8
+    return dict(tasks=1, malicious_fraction=4, dirichlet_alpha=7, clients_per_round=9)[section]
+
+  ranked = [(priority(s, c), i, c) for i, (s, c) in
+            enumerate((s, c) for s in sections for c in cells_of(s))]
+  return [c for _, _, c in sorted(ranked)]
 
 
 def cell_dir(output_dir, cell: Cell) -> pathlib.Path:
@@ -372,7 +391,7 @@ def main(argv):
   if not _REPORT_ONLY.value:
     if ('tasks' in _SECTIONS.value) and not training_runs.SHARED_DATA.exists():
       raise app.UsageError(f'--sections=tasks needs {training_runs.SHARED_DATA}, which is absent.')
-    cells = [c for s in _SECTIONS.value for c in cells_of(s)]
+    cells = run_order(_SECTIONS.value)
     print(f'{len(cells)} cells, {_PROCESSES.value} at a time -> {_OUTPUT.value}', flush=True)
     lock = threading.Lock()
     with concurrent.futures.ThreadPoolExecutor(_PROCESSES.value) as pool:
