@@ -1,0 +1,93 @@
+"""The evaluation report: the run order, per-cell metrics and the tables, on synthetic cells."""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import evaluation
+from benchmarks.evaluation import Cell
+
+
+def write_cell(root, cell, rounds, clients_per_round=10, pretrain_ma=0.6):
+  out = evaluation.cell_dir(root, cell)
+  out.mkdir(parents=True)
+  (out / 'rounds.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rounds))
+  (out / 'summary.json').write_text(json.dumps(dict(
+      seconds=12.0, config=dict(clients_per_round=clients_per_round),
+      pretrain=dict(main_accuracy=pretrain_ma))))
+  (out / 'cell.json').write_text(json.dumps(dict(flags=[], code='abc1234')))
+
+
+def attack_rounds(ma, ba, malicious=(3, 5, 2), tpr=(1.0, 0.5, 1.0), tnr=(1.0, 0.8, 0.9)):
+  rows = [dict(round=1, main_accuracy=0.5, backdoor_accuracy=0.05, attacking=False)]
+  for i, (m, t, n) in enumerate(zip(malicious, tpr, tnr)):
+    rows.append(dict(round=i + 2, main_accuracy=ma, backdoor_accuracy=ba + i * 0.1,
+                     attacking=True, num_malicious=m, tpr=t, tnr=n))
+  return rows
+
+
+def test_run_order_holds_every_cell_once_most_needed_first():
+  order = evaluation.run_order(evaluation.SECTIONS)
+  every = [c for s in evaluation.SECTIONS for c in evaluation.cells_of(s)]
+  assert sorted(order) == sorted(every) and len(set(order)) == len(order)
+  first_other = min(i for i, c in enumerate(order) if c.attack not in ('none',
+                                                                        'constrain_and_scale'))
+  assert all(c.task == 'fashion_mnist' and c.seed == 0 and c.variant == evaluation.BASE
+             for c in order[:first_other] if c.task == 'fashion_mnist')
+  assert order.index(Cell('fashion_mnist', 'constrain_and_scale', 'flame', 'base', 0)) < \
+      order.index(Cell('fashion_mnist', 'dba', 'none', 'base', 0)) < \
+      order.index(Cell('fashion_mnist', 'data_poisoning', 'none', 'base', 0))
+  with pytest.raises(ValueError, match='unknown section'):
+    evaluation.cells_of('nope')
+
+
+def test_cell_flags_name_the_variant_defense_and_seed(tmp_path):
+  cell = Cell('fashion_mnist', 'dba', 'flame_bare', 'malicious_fraction=0.4', 2)
+  flags = evaluation.cell_flags(cell, tmp_path)
+  assert '--malicious_fraction=0.4' in flags and '--seed=2' in flags
+  assert '--clustering_space=update' in flags and '--attack=dba' in flags
+  assert flags[-1] == f'--output_dir={evaluation.cell_dir(tmp_path, cell)}'
+
+
+def test_read_cell_metrics(tmp_path):
+  cell = Cell('fashion_mnist', 'constrain_and_scale', 'flame', 'base', 0)
+  assert evaluation.read_cell(tmp_path, cell) is None
+  write_cell(tmp_path, cell, attack_rounds(0.7, 0.1))
+  r = evaluation.read_cell(tmp_path, cell)
+  assert r['main_accuracy'] == 0.7 and r['backdoor_accuracy'] == pytest.approx(0.3)
+  assert r['attack_ba'] == pytest.approx(0.2)
+  assert r['tpr'] == pytest.approx(2.5 / 3) and r['tnr'] == pytest.approx(0.9)
+  assert (r['attack_rounds'], r['half_rounds']) == (3, 1)  # 5 of 10 attackers once
+  assert r['pretrain_ma'] == 0.6 and r['code'] == 'abc1234'
+
+
+def test_report_tables_and_mean_over_seeds(tmp_path):
+  mas, bas = [0.71, 0.74, 0.75], [0.05, 0.09, 0.07]
+  for seed, (ma, ba) in enumerate(zip(mas, bas)):
+    write_cell(tmp_path, Cell('fashion_mnist', 'constrain_and_scale', 'flame', 'base', seed),
+               attack_rounds(ma, ba - 0.2))
+  write_cell(tmp_path, Cell('fashion_mnist', 'none', 'none', 'base', 0),
+             [dict(round=1, main_accuracy=0.72, backdoor_accuracy=0.06, attacking=False)])
+  write_cell(tmp_path, Cell('fashion_mnist', 'constrain_and_scale', 'multi_krum',
+                            'malicious_fraction=0.4', 0), attack_rounds(0.6, 0.5))
+  report = tmp_path / 'report.md'
+  evaluation.write_report(tmp_path, report)
+  text = report.read_text()
+  ma = f'{100 * np.mean(mas):.1f} ± {100 * np.std(mas):.1f} (3)'
+  ba = f'{100 * np.mean(bas):.1f} ± {100 * np.std(bas):.1f} (3)'
+  assert f'| flame | {ma} / {ba} |' in text
+  assert f'5 of {len(evaluation.run_order(evaluation.SECTIONS))} cells finished' in text
+  # Targets: seed 0's BA 0.05 vs clean 0.06 and MA 0.71 vs 0.72, TPR 83.3% < 90%.
+  assert '| constrain_and_scale | -1.0 | -1.0 | 83.3 | 90.0 | no: TPR |' in text
+  assert 'constrain_and_scale / multi_krum / malicious_fraction=0.4 / seed 0 | 60.0 | 70.0' in text
+  assert (tmp_path / 'evaluation_sweeps.png').exists()
+
+
+if __name__ == '__main__':
+  # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
+  tests_dir = pathlib.Path(__file__).absolute().parents[1]
+  sys.exit(pytest.main([__file__, '-p', 'no:cacheprovider', f'--confcutdir={tests_dir}',
+                        *sys.argv[1:]]))
