@@ -1,7 +1,7 @@
 """FLAME's cost next to a plain mean, and TF clustering next to the `hdbscan` package.
 
   python -m benchmarks.flame_overhead [--clients=10,30,50,100,200] [--repeats=2]
-      [--output_json=PATH]
+      [--output_json=PATH] [--dim=D]
 
 For each n, three variants run, each in a FRESH TFF worker of its own
 (`experiments.tff_worker.local_worker()`): a plain mean
@@ -48,6 +48,9 @@ _REPEATS = flags.DEFINE_integer('repeats', 2, 'Timed calls after the first (medi
                                 lower_bound=1)
 _NUM_GROUPS = flags.DEFINE_integer('num_groups', None,
                                    "FLAME's gather groups G (default: num_groups_for(n)).")
+_DIM = flags.DEFINE_integer('dim', None, 'Time updates of this many floats (one tensor) instead '
+                            "of the EMNIST CNN's 1.66 M (e.g. a smaller model at n = 500).",
+                            lower_bound=1)
 _OUTPUT_JSON = flags.DEFINE_string('output_json', None,
                                    'Also write the per-n numbers to this JSON file.')
 
@@ -109,8 +112,12 @@ def main(argv):
   del argv
   rng = np.random.default_rng(0)
   rows = []
-  value_type, num_params = emnist_cnn_value_type()
-  print(f'update size: {num_params} floats (EMNIST CNN trainable weights); peak = worker '
+  if _DIM.value:
+    value_type = tff.StructWithPythonType([tff.TensorType(np.float32, [_DIM.value])], list)
+    num_params, what = _DIM.value, 'one float32 tensor'
+  else:
+    (value_type, num_params), what = emnist_cnn_value_type(), 'EMNIST CNN trainable weights'
+  print(f'update size: {num_params} floats ({what}); peak = worker '
         'VmHWM after the first call in a fresh worker; next = median of later calls')
   print(f"{'n':>5} {'G':>3} {'mean s':>8} {'FLAME s':>8} {'ratio':>6} {'model s':>8} {'ratio':>6}"
         f" {'mean MB':>8} {'FLAME MB':>9} {'ratio':>6} {'model MB':>9} {'ratio':>6}")
