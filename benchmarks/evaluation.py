@@ -16,8 +16,9 @@ report:
           sweeps: FLAME, none and Multi-Krum under constrain-and-scale.
   seeds   seeds 1 and 2 of the none and FLAME cells (mean +- std over 3 seeds).
 
-Cells run in `run_order` (most needed first). The report (docs/evaluation.md and PNG plots beside it) is rewritten after every
-finished cell, so it always shows what has been measured so far.
+Cells run in `run_order` (most needed first). The report (docs/evaluation.md
+and PNG plots beside it) is rewritten after every finished cell, so it always
+shows what has been measured so far.
 """
 
 import collections
@@ -77,14 +78,7 @@ SECTIONS = ('main', 'tasks', 'malicious_fraction', 'seeds', 'dirichlet_alpha',
 BASE = 'base'
 
 Cell = collections.namedtuple('Cell', 'task attack defense variant seed')
-
-_SECTIONS = flags.DEFINE_list('sections', list(SECTIONS), f'Which of {SECTIONS} to run.')
-_PROCESSES = flags.DEFINE_integer('processes', 2, 'Cells run at once.', lower_bound=1)
-_OUTPUT = flags.DEFINE_string('output_dir', 'results/evaluation', 'Where the cells go.')
-_REPORT = flags.DEFINE_string('report', str(DOCS / 'evaluation.md'),
-                              'The Markdown report (plots go beside it).')
-_REPORT_ONLY = flags.DEFINE_bool('report_only', False, 'Only rewrite the report.')
-
+FLAGS = flags.FLAGS
 
 def variant_name(axis, value) -> str:
   return BASE if axis is None else f'{axis}={value}'
@@ -246,7 +240,8 @@ def targets(results) -> list:
     return ['(the no-attack run has not finished)']
   lines = [f"Reference, no attack and no defense: MA {_pct(clean['main_accuracy'])}, BA "
            f"{_pct(clean['backdoor_accuracy'])} (the floor of the backdoor metric).", '',
-           '| cell | BA - clean BA | MA - clean MA | TPR | TNR | met |', '|---|---|---|---|---|---|']
+           '| cell | BA - clean BA | MA - clean MA | TPR | TNR | met |',
+           '|---|---|---|---|---|---|']
   cells = [Cell('fashion_mnist', a, 'flame', BASE, 0) for a in ('constrain_and_scale',
                                                                 'pgd_scaled', 'dba')]
   cells += [Cell('fashion_mnist', 'constrain_and_scale', 'flame', variant_name(
@@ -259,8 +254,9 @@ def targets(results) -> list:
     dma = r['main_accuracy'] - clean['main_accuracy']
     met = [dba <= 0.02, dma >= -0.02, (r['tpr'] or 0) >= 0.9, (r['tnr'] or 0) >= 0.8]
     label = c.attack + ('' if c.variant == BASE else f' ({c.variant})')
+    missed = [name for name, ok in zip(('BA', 'MA', 'TPR', 'TNR'), met) if not ok]
     lines.append(f"| {label} | {100 * dba:+.1f} | {100 * dma:+.1f} | {_pct(r['tpr'])} | "
-                 f"{_pct(r['tnr'])} | {'yes' if all(met) else 'no: ' + ', '.join(n for n, ok in zip(('BA', 'MA', 'TPR', 'TNR'), met) if not ok)} |")
+                 f"{_pct(r['tnr'])} | {'no: ' + ', '.join(missed) if missed else 'yes'} |")
   return lines
 
 
@@ -434,28 +430,41 @@ def write_report(output_dir, path) -> None:
   os.replace(str(path) + '.tmp', path)
 
 
+def define_flags() -> None:
+  """The binary's flags (defined only when run as a program: the defense grid, imported
+  in the same test process, has flags of the same names)."""
+  flags.DEFINE_list('sections', list(SECTIONS), f'Which of {SECTIONS} to run.')
+  flags.DEFINE_integer('processes', 2, 'Cells run at once.', lower_bound=1)
+  flags.DEFINE_string('output_dir', 'results/evaluation', 'Where the cells go.')
+  flags.DEFINE_string('report', str(DOCS / 'evaluation.md'),
+                      'The Markdown report (plots go beside it).')
+  flags.DEFINE_bool('report_only', False, 'Only rewrite the report.')
+
+
 def main(argv):
   del argv
-  for s in _SECTIONS.value:
+  for s in FLAGS.sections:
     cells_of(s)  # names the bad section
-  if not _REPORT_ONLY.value:
-    if ('tasks' in _SECTIONS.value) and not training_runs.SHARED_DATA.exists():
-      raise app.UsageError(f'--sections=tasks needs {training_runs.SHARED_DATA}, which is absent.')
-    cells = run_order(_SECTIONS.value)
-    print(f'{len(cells)} cells, {_PROCESSES.value} at a time -> {_OUTPUT.value}', flush=True)
+  if not FLAGS.report_only:
+    if ('tasks' in FLAGS.sections) and not training_runs.SHARED_DATA.exists():
+      raise app.UsageError(f'--sections=tasks needs {training_runs.SHARED_DATA}, which is '
+                           'absent.')
+    cells = run_order(FLAGS.sections)
+    print(f'{len(cells)} cells, {FLAGS.processes} at a time -> {FLAGS.output_dir}', flush=True)
     lock = threading.Lock()
-    with concurrent.futures.ThreadPoolExecutor(_PROCESSES.value) as pool:
-      futures = {pool.submit(run_cell, _OUTPUT.value, c): c for c in cells}
+    with concurrent.futures.ThreadPoolExecutor(FLAGS.processes) as pool:
+      futures = {pool.submit(run_cell, FLAGS.output_dir, c): c for c in cells}
       for i, future in enumerate(concurrent.futures.as_completed(futures), 1):
         seconds, status = future.result()
         c = futures[future]
         print(f'[{i}/{len(cells)}] {time.strftime("%H:%M:%S")} {c.task}/{c.attack}/{c.defense}/'
               f'{c.variant}/seed{c.seed}: {status} ({seconds:.0f}s)', flush=True)
         with lock:
-          write_report(_OUTPUT.value, _REPORT.value)
-  write_report(_OUTPUT.value, _REPORT.value)
-  print(f'report: {_REPORT.value}')
+          write_report(FLAGS.output_dir, FLAGS.report)
+  write_report(FLAGS.output_dir, FLAGS.report)
+  print(f'report: {FLAGS.report}')
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

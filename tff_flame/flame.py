@@ -3,8 +3,8 @@
 Per round, over the n client updates delta_i (TFF's sign: G - W_i): cluster the
 local models W_i by cosine distance (or, without the global model, the updates
 by Euclidean distance; see `default_distance`) with HDBSCAN (min cluster size
-n // 2 + 1) and admit the largest cluster; clip every admitted update to S_t, the median L2 norm of all
-finite updates; average; add Gaussian noise with sigma = lambda * S_t. The
+n // 2 + 1) and admit the largest cluster; clip every admitted update to S_t,
+the median L2 norm of all finite updates; average; add Gaussian noise with sigma = lambda * S_t. The
 functions are unit-tested without TFF and run unchanged inside a
 `tff.tensorflow.computation`: `flame_round` on the [n, d] matrix of stacked
 updates (the reference), `flame_round_blocks` on the G row blocks the
