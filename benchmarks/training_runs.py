@@ -21,9 +21,15 @@ TASK_FLAGS = {
     'fashion_mnist': ['--num_clients=40', '--clients_per_round=10',
                       '--fashion_mnist_train_examples=12000', '--client_epochs=1',
                       '--pretrain_rounds=5', '--rounds=10', '--attack_start_round=3'],
+    # From scratch 12 rounds left the LSTM predicting one character (MA ~0.2) and BA at its
+    # floor; 20 clean rounds (MA 0.288, BA 0.000; ~20 min once, cached) give a bigram-level
+    # model, and attackers poisoning all their sequences without the anomaly term (alpha=1)
+    # implant the phrase in 3 attack rounds. Measured (defense none, constrain_and_scale):
+    # BA 0.50 / 0.75 / 1.00 after rounds 1-3, final MA 0.295, 192 s on the loaded 2-core machine.
     'shakespeare': [f'--shakespeare_text={SHARED_DATA / "tinyshakespeare.txt"}',
-                    '--num_clients=10', '--clients_per_round=10', '--rounds=12',
-                    '--attack_start_round=7', '--client_epochs=1', '--client_learning_rate=1.0'],
+                    '--num_clients=10', '--clients_per_round=10', '--pretrain_rounds=20',
+                    '--rounds=3', '--attack_start_round=1', '--client_epochs=1',
+                    '--client_learning_rate=1.0', '--data_poisoning_rate=1.0', '--alpha=1.0'],
 }
 
 
