@@ -11,7 +11,8 @@ report:
 
   main    fashion_mnist (Dirichlet alpha 0.5, 30% malicious, 10 of 50 clients per
           round) x 4 attacks x every defense, seed 0; and the no-attack runs.
-  tasks   digits and N-BaIoT (../shared/data) under constrain-and-scale, every defense.
+  tasks   digits and N-BaIoT (../shared/data) under constrain-and-scale, every defense;
+          Shakespeare's trigger phrase with none, FLAME and Multi-Krum.
   malicious_fraction, dirichlet_alpha, clients_per_round
           sweeps: FLAME, none and Multi-Krum under constrain-and-scale.
   seeds   seeds 1 and 2 of the none and FLAME cells (mean +- std over 3 seeds).
@@ -97,9 +98,12 @@ def cells_of(section: str) -> list:
     return [Cell('fashion_mnist', 'constrain_and_scale', d, variant_name(section, v), 0)
             for v in SWEEPS[section][0] for d in SWEEP_DEFENSES]
   if section == 'tasks':
-    return [Cell(t, a, d, BASE, 0) for t in ('digits', 'nbaiot')
-            for a, ds in (('none', ('none',)), ('constrain_and_scale', DEFENSE_FLAGS))
-            for d in ds]
+    cells = [Cell(t, a, d, BASE, 0) for t in ('digits', 'nbaiot')
+             for a, ds in (('none', ('none',)), ('constrain_and_scale', DEFENSE_FLAGS))
+             for d in ds]
+    return cells + [Cell('shakespeare', a, d, BASE, 0) for a, d in (
+        ('none', 'none'), ('constrain_and_scale', 'none'), ('constrain_and_scale', 'flame'),
+        ('constrain_and_scale', 'flame_bare'), ('constrain_and_scale', 'multi_krum'))]
   raise ValueError(f'--sections: unknown section {section!r}; known: {SECTIONS}.')
 
 
@@ -422,7 +426,7 @@ def write_report(output_dir, path) -> None:
   lines += detail_table(results, [c for s in SWEEPS for c in cells_of(s)])
   if plot_sweeps(results, path.with_name('evaluation_sweeps.png')):
     lines += ['', '![sweeps](evaluation_sweeps.png)']
-  for task in ('digits', 'nbaiot'):
+  for task in ('digits', 'nbaiot', 'shakespeare'):
     lines += ['', f'## {task} under constrain-and-scale (seed 0)', '']
     lines += task_table(results, task)
   with open(str(path) + '.tmp', 'w') as f:
