@@ -133,7 +133,8 @@ def cell_dir(output_dir, cell: Cell) -> pathlib.Path:
 
 def cell_flags(cell: Cell, output_dir) -> list:
   variant = [] if cell.variant == BASE else [f'--{cell.variant}']
-  return (TASK_FLAGS[cell.task] + variant + DEFENSE_FLAGS[cell.defense] +
+  task = [] if f'--task={cell.task}' in TASK_FLAGS[cell.task] else [f'--task={cell.task}']
+  return (task + TASK_FLAGS[cell.task] + variant + DEFENSE_FLAGS[cell.defense] +
           [f'--attack={cell.attack}', f'--seed={cell.seed}',
            f'--output_dir={cell_dir(output_dir, cell)}'])
 

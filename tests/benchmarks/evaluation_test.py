@@ -50,6 +50,9 @@ def test_cell_flags_name_the_variant_defense_and_seed(tmp_path):
   assert '--malicious_fraction=0.4' in flags and '--seed=2' in flags
   assert '--clustering_space=update' in flags and '--attack=dba' in flags
   assert flags[-1] == f'--output_dir={evaluation.cell_dir(tmp_path, cell)}'
+  for task in evaluation.TASK_FLAGS:  # every cell names its task exactly once
+    flags = evaluation.cell_flags(Cell(task, 'none', 'none', 'base', 0), tmp_path)
+    assert [f for f in flags if f.startswith('--task=')] == [f'--task={task}']
 
 
 def test_read_cell_metrics(tmp_path):
