@@ -21,6 +21,7 @@ import tensorflow_federated as tff
 
 from experiments import config as config_lib
 from experiments import loop
+from experiments import tff_worker
 from tasks import shakespeare
 from tasks import task as task_lib
 
@@ -45,10 +46,11 @@ def main(argv):
   config = config_lib.ExperimentConfig(**identity['experiment'])
   task = loop.load_task(task_config, seed=config.seed)
   trigger, continuation = task.info['trigger'], task.info['continuation']
-  process = loop.build_process(task, config)
-  manager = tff.program.FileProgramStateManager(
-      os.path.join(_RUN_DIR.value, loop.CHECKPOINT_DIR))
-  state, version = asyncio.run(manager.load_latest(process.initialize()))
+  with tff_worker.execution_context():  # the harness's worker: ended on exit, never orphaned
+    process = loop.build_process(task, config)
+    manager = tff.program.FileProgramStateManager(
+        os.path.join(_RUN_DIR.value, loop.CHECKPOINT_DIR))
+    state, version = asyncio.run(manager.load_latest(process.initialize()))
   model = task.model_fn()
   process.get_model_weights(state).assign_weights_to(model)
   x_test, y_test = task.test_data
