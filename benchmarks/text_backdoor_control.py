@@ -51,8 +51,8 @@ def main(argv):
     manager = tff.program.FileProgramStateManager(
         os.path.join(_RUN_DIR.value, loop.CHECKPOINT_DIR))
     state, version = asyncio.run(manager.load_latest(process.initialize()))
-  model = task.model_fn()
-  process.get_model_weights(state).assign_weights_to(model)
+    model = task.model_fn()
+    process.get_model_weights(state).assign_weights_to(model)
   x_test, y_test = task.test_data
   print(f'{_RUN_DIR.value}: round {version}, continuation {continuation!r}')
   for phrase in [trigger] + list(_CONTROLS.value):
