@@ -308,38 +308,15 @@ def gram_matrix(blocks, compute_dtype=tf.float32,
   return model_space_gram(gram, products, reference)
 
 
-def reference_products(blocks, reference: tf.Tensor) -> tf.Tensor:
-  """float64 [n] <reference, x_i>, NaN for rows with NaN or Inf; cannot overflow.
-
-  Each row and the reference are scaled exactly by powers of two (as in
-  `l2_norms`), multiplied in float32 (|product| <= d) and rescaled in float64.
-  """
-  if not blocks:
-    return tf.zeros([0], tf.float64)
-  reference = tf.reshape(tf.cast(reference, tf.float32), [1, -1])
-  e_ref, _ = _exponents(reference)
-  scaled_reference = _scaled(reference, e_ref, tf.constant([True]))[0]
-
-  def products(g, b):
-    del g
-    e, finite = _exponents(b)
-    dots = tf.cast(tf.linalg.matvec(_scaled(b, e, finite), scaled_reference), tf.float64)
-    dots = dots * _exp2_f64(e + e_ref[0])
-    return tf.where(finite, dots, tf.constant(float('nan'), tf.float64))
-
-  stored = _Blocks(blocks)
-  return tf.reshape(stored.map_raw_rows(products, tf.float64), [stored.num_rows])
-
-
 def model_space_gram(update_gram: tf.Tensor, products: tf.Tensor,
                      reference: tf.Tensor) -> tf.Tensor:
   """float64 [n, n] <r - x_i, r - x_j> = |r|^2 - <r, x_i> - <r, x_j> + <x_i, x_j>.
 
-  From the rows' Gram matrix and `reference_products`, so model space costs
-  one pass of [n] dot products more than update space instead of forming
-  r - x_i for every block pair. Also more accurate than a float32 Gram of
-  r - x_i, whose entries are all about |r|^2 (each term here is rounded at
-  its own scale and combined in float64). Rows with NaN or Inf (NaN
+  From the rows' Gram matrix and the products <r, x_i> that
+  `gram_and_norms` accumulates in the same pass, so model space never forms
+  r - x_i. Also more accurate than a float32 Gram of r - x_i, whose entries
+  are all about |r|^2 (each term here is rounded at its own scale and
+  combined in float64). Rows with NaN or Inf (NaN
   products) give zero rows and columns.
   """
   reference = tf.cast(reference, tf.float64)
