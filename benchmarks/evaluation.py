@@ -40,14 +40,7 @@ from benchmarks import training_runs
 REPO = training_runs.REPO
 DOCS = REPO / 'docs'
 
-# fashion_mnist sized for the 2-core machine: 12,000 training images over 50
-# clients (Dirichlet alpha 0.5), 5 clean pretraining rounds (cached per seed),
-# then 10 rounds with attacks from round 3; MA/BA on 3,000 test images.
-FASHION_FLAGS = ['--task=fashion_mnist', '--num_clients=50',
-                 '--fashion_mnist_train_examples=12000', '--fashion_mnist_test_examples=3000',
-                 '--client_epochs=1', '--pretrain_rounds=5', '--rounds=10',
-                 '--attack_start_round=3']
-TASK_FLAGS = dict(training_runs.TASK_FLAGS, fashion_mnist=FASHION_FLAGS)
+TASK_FLAGS = training_runs.TASK_FLAGS  # fashion_mnist: sized for the 2-core machine there
 
 # Defense labels -> flags. `flame` is the default (the paper's model space);
 # `flame_bare` is FlameFactory() on updates alone (Euclidean distance), and
@@ -133,8 +126,8 @@ def cell_dir(output_dir, cell: Cell) -> pathlib.Path:
 
 def cell_flags(cell: Cell, output_dir) -> list:
   variant = [] if cell.variant == BASE else [f'--{cell.variant}']
-  task = [] if f'--task={cell.task}' in TASK_FLAGS[cell.task] else [f'--task={cell.task}']
-  return (task + TASK_FLAGS[cell.task] + variant + DEFENSE_FLAGS[cell.defense] +
+  return ([f'--task={cell.task}'] + TASK_FLAGS[cell.task] + variant +
+          DEFENSE_FLAGS[cell.defense] +
           [f'--attack={cell.attack}', f'--seed={cell.seed}',
            f'--output_dir={cell_dir(output_dir, cell)}'])
 
@@ -392,8 +385,8 @@ def write_report(output_dir, path) -> None:
            f'cell): {len(done)} of {len(all_cells)} cells finished, code version(s) '
            f"{', '.join(codes) or '-'}, {seconds / 60:.0f} min of training loops in all "
            '(2-core machine, 2 cells at a time). Per-cell flags: `cell.json` in each cell '
-           f'folder under `{output_dir}`; the task flags are `FASHION_FLAGS` and '
-           '`training_runs.TASK_FLAGS` in the code.', '',
+           f'folder under `{output_dir}`; the task flags are `training_runs.TASK_FLAGS` in the '
+           'code.', '',
            '## Setting', '',
            'fashion_mnist: 12,000 training images over 50 clients (Dirichlet alpha 0.5), the '
            'EMNIST CNN (1.66 M parameters), 5 rounds of clean FedAvg first (cached, shared by '

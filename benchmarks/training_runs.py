@@ -15,11 +15,12 @@ TASK_FLAGS = {
     'nbaiot': [f'--nbaiot_path={SHARED_DATA / "nbaiot_sample"}', '--nbaiot_clients_per_device=10',
                '--num_clients=10', '--clients_per_round=10', '--rounds=10',
                '--attack_start_round=5', '--noise_lambda=0.01'],
-    # Sizes not yet timed as a grid: by hand, a round of 5 clients x ~1,000 images (1 epoch,
-    # the 1.66M-parameter CNN) took ~70 s on the shared 2-core machine. The 5 clean
-    # pretraining rounds are cached once and shared by every cell.
-    'fashion_mnist': ['--num_clients=40', '--clients_per_round=10',
-                      '--fashion_mnist_train_examples=12000', '--client_epochs=1',
+    # 12,000 training images over 50 clients (Dirichlet alpha 0.5), 5 clean pretraining
+    # rounds (cached per seed, shared by the cells), then 10 rounds with attacks from
+    # round 3; MA/BA on 3,000 test images. A cell takes 2-4 minutes with 2 at a time
+    # (benchmarks/evaluation.py, docs/evaluation.md).
+    'fashion_mnist': ['--num_clients=50', '--fashion_mnist_train_examples=12000',
+                      '--fashion_mnist_test_examples=3000', '--client_epochs=1',
                       '--pretrain_rounds=5', '--rounds=10', '--attack_start_round=3'],
     # From scratch 12 rounds left the LSTM predicting one character (MA ~0.2) and BA at its
     # floor; 20 clean rounds (MA 0.288, BA 0.000; ~20 min once, cached) give a bigram-level
