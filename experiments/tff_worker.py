@@ -285,3 +285,13 @@ def orphaned_tff_worker_pids(cwd: Optional[str] = None) -> list:
 def child_tff_worker_pids(parent: int) -> list:
   """Live TFF workers whose parent is `parent` (e.g. a binary a test started)."""
   return [pid for pid in all_tff_worker_pids() if _parent_of(pid) == parent]
+
+
+def workers_gone(pids: Sequence[int], timeout: float = 10.0) -> bool:
+  """Waits up to `timeout` s for the TFF workers `pids` to exit; whether they all did."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if not set(pids) & set(all_tff_worker_pids()):
+      return True
+    time.sleep(0.1)
+  return False

@@ -90,15 +90,6 @@ def _wait_for_line(process, prefix, timeout=300):
   return lines
 
 
-def _gone(pids, timeout=10.0) -> bool:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if not set(pids) & set(tff_worker.all_tff_worker_pids()):
-      return True
-    time.sleep(0.1)
-  return False
-
-
 def _final(out_dir):
   return json.loads((out_dir / 'summary.json').read_text())['final']
 
@@ -119,7 +110,7 @@ def test_kill_9_in_round_3_then_the_same_command_continues_to_the_same_result(tm
   process.kill()  # SIGKILL, during round 3.
   process.wait()
   process.stdout.close()
-  assert _gone(workers), 'the worker outlived its SIGKILLed binary'
+  assert tff_worker.workers_gone(workers), 'the worker outlived its SIGKILLed binary'
   again = _run(['-m', 'experiments.run'] + args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'after round 2' in again.stdout and 'round 1/5' not in again.stdout
@@ -142,7 +133,7 @@ def test_a_signal_from_a_shell_without_job_control_leaves_no_worker(tmp_path, si
   process.communicate(timeout=60)
   assert process.returncode != 0
   assert time.monotonic() - start < 8, 'shutdown waited on the worker'
-  assert _gone(workers), f'the worker outlived {sig.name}'
+  assert tff_worker.workers_gone(workers), f'the worker outlived {sig.name}'
 
 
 def test_two_executor_services_give_the_single_process_result(tmp_path):

@@ -5,7 +5,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -55,15 +54,6 @@ def _worker_pids_in(output: str) -> list:
           for p in line.split()[1:]]
 
 
-def _gone(pids, timeout=10.0) -> bool:
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if not set(pids) & set(tff_worker.all_tff_worker_pids()):
-      return True
-    time.sleep(0.1)
-  return False
-
-
 def test_a_script_started_without_job_control_leaves_no_worker(tmp_path):
   """`setsid nohup python script.py &` in a shell script: TFF's own clean-up (SIGINT)
   would be ignored there; the context manager's SIGKILL is not."""
@@ -77,7 +67,7 @@ def test_a_script_started_without_job_control_leaves_no_worker(tmp_path):
   text = log.read_text()
   assert out.returncode == 0 and 'done' in text, text[-3000:]
   pids = _worker_pids_in(text)
-  assert pids and _gone(pids, timeout=2.0)
+  assert pids and tff_worker.workers_gone(pids, timeout=2.0)
 
 
 def test_sigkill_inside_the_context_manager_ends_the_worker_too(tmp_path):
@@ -90,7 +80,8 @@ def test_sigkill_inside_the_context_manager_ends_the_worker_too(tmp_path):
   process.kill()
   process.wait()
   process.stdout.close()
-  assert _gone(pids), 'the worker outlived its SIGKILLed starter (parent-death signal)'
+  assert tff_worker.workers_gone(pids), ('the worker outlived its SIGKILLed starter '
+                                         '(parent-death signal)')
 
 
 def test_importing_the_harness_starts_no_worker():
