@@ -3,6 +3,7 @@
 import statistics
 import time
 
+from experiments import loop
 from experiments import tff_worker
 
 
@@ -18,6 +19,18 @@ def median_seconds(fn, repeats, warm_up: bool = True) -> float:
   if warm_up:
     fn()  # Builds and loads the computation.
   return statistics.median(seconds(fn) for _ in range(repeats))
+
+
+def first_round(task, config):
+  """A no-argument callable running round 1 of `config` on `task` from the initial state
+  (clients 0..clients_per_round-1); build it inside the TFF context that will run it."""
+  process = loop.build_process(task, config)
+  state = process.initialize()
+  malicious = loop.malicious_clients(len(task.client_data), config.malicious_fraction,
+                                     config.seed).tolist()
+  clients = list(range(config.clients_per_round))
+  datasets = loop.round_datasets(task, clients, malicious, 1, config)
+  return lambda: process.next(state, datasets)
 
 
 def worker_peak_mb() -> float:

@@ -27,13 +27,7 @@ _JSON = flags.DEFINE_string('json', None, 'Also write the numbers to this JSON f
 def time_round(task, config, repeats):
   """(median seconds of one round, worker peak MB) for `config`."""
   with tff_worker.local_worker():
-    process = loop.build_process(task, config)
-    state = process.initialize()
-    malicious = loop.malicious_clients(len(task.client_data), config.malicious_fraction,
-                                             config.seed).tolist()
-    clients = list(range(config.clients_per_round))
-    datasets = loop.round_datasets(task, clients, malicious, 1, config)
-    seconds = measure.median_seconds(lambda: process.next(state, datasets), repeats)
+    seconds = measure.median_seconds(measure.first_round(task, config), repeats)
     return seconds, measure.worker_peak_mb()
 
 

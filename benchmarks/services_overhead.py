@@ -29,13 +29,7 @@ _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median reported).',
 def time_round(task, config, num_services, repeats) -> float:
   """Median seconds of one round with the clients split over `num_services` workers."""
   with tff_worker.local_worker(num_local=num_services):
-    process = loop.build_process(task, config)
-    state = process.initialize()
-    malicious = loop.malicious_clients(len(task.client_data), config.malicious_fraction,
-                                       config.seed).tolist()
-    clients = list(range(config.clients_per_round))
-    datasets = loop.round_datasets(task, clients, malicious, 1, config)
-    return measure.median_seconds(lambda: process.next(state, datasets), repeats)
+    return measure.median_seconds(measure.first_round(task, config), repeats)
 
 
 def main(argv):
