@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmarks import training_runs
 from experiments import defenses
+from experiments import plots
 
 REPO = training_runs.REPO
 SHARED_DATA = training_runs.SHARED_DATA
@@ -119,9 +120,7 @@ def markdown(rows, defenses) -> str:
 
 
 def plot_backdoor(output_dir, task, attack, defenses, path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for defense in defenses:
     f = cell_dir(output_dir, task, attack, defense) / 'rounds.jsonl'

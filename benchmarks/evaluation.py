@@ -36,6 +36,7 @@ from absl import flags
 import numpy as np
 
 from benchmarks import training_runs
+from experiments import plots
 
 REPO = training_runs.REPO
 DOCS = REPO / 'docs'
@@ -258,10 +259,17 @@ def targets(results) -> list:
   return lines
 
 
+def _save_if_drawn(plt, fig, path, drawn: bool) -> bool:
+  """Writes the figure when it holds any data; closes it either way."""
+  fig.tight_layout()
+  if drawn:
+    fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return drawn
+
+
 def plot_sweeps(results, path) -> bool:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   fig, axes = plt.subplots(2, len(SWEEPS), figsize=(4 * len(SWEEPS), 6), squeeze=False)
   drawn = False
   for col, (axis, (values, base_value)) in enumerate(SWEEPS.items()):
@@ -284,17 +292,11 @@ def plot_sweeps(results, path) -> bool:
         axes[row][col].set_xscale('log')
     axes[0][col].legend(fontsize=7)
   fig.suptitle('fashion_mnist, constrain-and-scale: FLAME against none and Multi-Krum')
-  fig.tight_layout()
-  if drawn:
-    fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return drawn
+  return _save_if_drawn(plt, fig, path, drawn)
 
 
 def plot_main_rounds(results, path) -> bool:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plots.pyplot()
   fig, axes = plt.subplots(1, len(MAIN_ATTACKS), figsize=(4 * len(MAIN_ATTACKS), 3.5),
                            squeeze=False)
   drawn = False
@@ -307,11 +309,7 @@ def plot_main_rounds(results, path) -> bool:
                           [x['backdoor_accuracy'] for x in r['rounds']], marker='.', label=d)
     axes[0][col].set(title=a, xlabel='round', ylabel='BA', ylim=(-0.02, 1.02))
   axes[0][0].legend(fontsize=6)
-  fig.tight_layout()
-  if drawn:
-    fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return drawn
+  return _save_if_drawn(plt, fig, path, drawn)
 
 
 def task_table(results, task) -> list:

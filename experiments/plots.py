@@ -3,11 +3,18 @@
 import numpy as np
 
 
-def plot_rounds(rows: list, path: str, title: str = '') -> None:
-  """PNG of MA and BA per round (and TPR/TNR when the defense filters)."""
+def pyplot():
+  """matplotlib.pyplot with the file-only Agg backend, imported on first use (no display,
+  and no matplotlib import for runs that never plot)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_rounds(rows: list, path: str, title: str = '') -> None:
+  """PNG of MA and BA per round (and TPR/TNR when the defense filters)."""
+  plt = pyplot()
   rounds = [r['round'] for r in rows]
   fig, ax = plt.subplots(figsize=(6, 3.5))
   ax.plot(rounds, [r['main_accuracy'] for r in rows], marker='o', label='main accuracy (MA)')
