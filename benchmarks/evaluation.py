@@ -6,8 +6,8 @@
 Each cell is one run of the training binary (`python -m experiments.run`) in
 its own process, into results/evaluation/<task>/<attack>/<defense>/<variant>/seed<k>/.
 A finished cell (summary.json) is not run again and an interrupted one continues
-from its checkpoint, so the evaluation resumes where it stopped. Sections, in the
-report:
+from its checkpoint, so the evaluation resumes where it stopped. The sections of
+the report:
 
   main    fashion_mnist (Dirichlet alpha 0.5, 30% malicious, 10 of 50 clients per
           round) x 4 attacks x every defense, seed 0; and the no-attack runs.
