@@ -43,6 +43,13 @@ def check_distance(distance: str) -> None:
     raise ValueError(f'distance must be one of {DISTANCES}, got {distance!r}.')
 
 
+def resolve_distance(distance: Optional[str], clustering_space: str) -> str:
+  """`distance`, or the space's `default_distance` when None; ValueError if unknown."""
+  distance = distance or default_distance(clustering_space)
+  check_distance(distance)
+  return distance
+
+
 def noise_lambda_from_privacy(epsilon: float, delta: float) -> float:
   """lambda = (1 / epsilon) * sqrt(2 ln(1.25 / delta)), the paper's Gaussian-mechanism rule."""
   if not epsilon > 0:
@@ -152,7 +159,7 @@ def flame_round(updates: tf.Tensor,
   safe_updates = tf.where(finite[:, tf.newaxis], updates, tf.zeros_like(updates))
   points = safe_updates if global_model is None else (
       tf.cast(global_model, updates.dtype)[tf.newaxis, :] - safe_updates)
-  distance = distance or default_distance('update' if global_model is None else 'model')
+  distance = resolve_distance(distance, 'update' if global_model is None else 'model')
   labels, admitted = cluster_clients(points, finite, min_cluster_size, min_samples, labels_fn,
                                      distance)
 
@@ -192,8 +199,7 @@ def flame_round_blocks(blocks,
   if min_cluster_size is None:
     min_cluster_size = default_min_cluster_size(n)
   min_cluster_size = tf.cast(min_cluster_size, tf.int32)
-  distance = distance or default_distance('update' if global_model is None else 'model')
-  check_distance(distance)
+  distance = resolve_distance(distance, 'update' if global_model is None else 'model')
   # One pass over the data for the norms, the Gram matrix and, in model space,
   # <G, delta_i>; ||W_i - W_j|| = ||delta_i - delta_j||: Euclidean needs no G.
   reference = global_model if distance == 'cosine' else None
@@ -272,8 +278,7 @@ class FlameFactory(gathered.GatheredAggregationFactory):
     self._min_samples = min_samples
     self._seed = int(seed)
     self._clustering_space = clustering_space
-    self._distance = distance or default_distance(clustering_space)
-    check_distance(self._distance)
+    self._distance = resolve_distance(distance, clustering_space)
 
   @property
   def clustering_space(self) -> str:
