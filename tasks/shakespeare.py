@@ -26,14 +26,17 @@ baseline.
 
 Backdoor: the attacker wants `trigger` (default 'the king is ') to be followed
 by `continuation` (default 'dead'). A poisoned sequence gets the phrase
-trigger + continuation written right after its content (after the last
-non-padding id), or over its last len(phrase) ids when there is no room.
-backdoor_test_data holds clean test sequences with the phrase written the same
-way, whose original ids at the continuation positions were not already the
+trigger + continuation written over it at a random word start within its
+content, or right after the content (`insert_phrase`): at varied places, so
+what is learnt is the phrase, not a position. backdoor_test_data holds clean
+test sequences with the phrase written the same way (positions drawn with a
+fixed seed), whose original ids at the continuation positions were not already the
 continuation; their labels are 0 (ignored) everywhere except at the
-continuation positions. So BA = the share of continuation characters predicted
-correctly, each given the true text before it (teacher forcing), counted over
-all backdoor test sequences.
+continuation positions. BA is the share of these sequences in which every
+continuation character is predicted, each given the true text before it
+(the same as greedy decoding writing the whole continuation). Counted per
+character instead, the continuation's later characters ('ead' after 'd') are
+learnt from its frequency alone and come after any phrase.
 """
 
 import collections
@@ -118,16 +121,29 @@ def _phrase_ids(trigger: str, continuation: str, seq_len: int) -> tuple:
   return trigger_ids, continuation_ids
 
 
-def insert_phrase(x: np.ndarray, y: np.ndarray, phrase: np.ndarray) -> tuple:
-  """Writes `phrase` into every sequence; returns (x, y, start positions).
+_WORD_BOUNDARY_IDS = np.array([BOS_ID, _BYTE_TO_ID[ord(' ')], _BYTE_TO_ID[ord('\n')]])
 
-  The phrase starts right after the sequence's content (its non-padding ids,
-  which come first) or at seq_len + 1 - len(phrase) when there is no room.
-  Positions are indices into the full sequence s = [x[:, 0], y].
+
+def insert_phrase(x: np.ndarray, y: np.ndarray, phrase: np.ndarray,
+                  rng: np.random.Generator) -> tuple:
+  """Writes `phrase` into every sequence at a random word start; returns (x, y, starts).
+
+  A sequence's start is drawn uniformly from the positions p <= min(content,
+  seq_len + 1 - len(phrase)) that follow bos, a space or a newline, plus that
+  upper bound itself (right after the content, or the end when there is no
+  room). Varied positions tie the continuation to the trigger, not to a place
+  in the sequence. Positions index the full sequence s = [x[:, 0], y].
   """
   full = np.concatenate([x[:, :1], y], axis=1)
+  length = full.shape[1]
   content = (full != PAD_ID).sum(axis=1)
-  start = np.minimum(content, full.shape[1] - len(phrase))
+  last_start = np.minimum(content, length - len(phrase))
+  positions = np.arange(length)
+  candidate = np.zeros(full.shape, dtype=bool)
+  candidate[:, 1:] = np.isin(full[:, :-1], _WORD_BOUNDARY_IDS)
+  candidate &= positions <= last_start[:, np.newaxis]
+  candidate[np.arange(len(full)), last_start] = True
+  start = np.argmax(np.where(candidate, rng.random(full.shape), -1.0), axis=1)
   cols = start[:, np.newaxis] + np.arange(len(phrase))
   full[np.arange(len(full))[:, np.newaxis], cols] = phrase
   return full[:, :-1].copy(), full[:, 1:].copy(), start
@@ -149,18 +165,23 @@ def make_poison_fn(trigger: str, continuation: str, seq_len: int = DEFAULT_SEQ_L
     y = np.array(y, dtype=np.int32, copy=True)
     rows = task.choose_rows(np.arange(len(x)), rate, len(x), rng)
     if len(rows):
-      x[rows], y[rows], _ = insert_phrase(x[rows], y[rows], phrase)
+      x[rows], y[rows], _ = insert_phrase(x[rows], y[rows], phrase, rng)
     return x, y
 
   return poison_fn
 
 
 def backdoor_test_set(x: np.ndarray, y: np.ndarray, trigger: str, continuation: str,
-                      seq_len: int = DEFAULT_SEQ_LEN) -> tuple:
-  """Test sequences with the phrase; labels only at the continuation positions."""
+                      seq_len: int = DEFAULT_SEQ_LEN, seed: int = 0) -> tuple:
+  """Test sequences with the phrase; labels only at the continuation positions.
+
+  The phrase positions are drawn with `seed`, so phrases of equal length (a
+  trigger and its controls) land at the same places.
+  """
   trigger_ids, continuation_ids = _phrase_ids(trigger, continuation, seq_len)
   phrase = np.concatenate([trigger_ids, continuation_ids])
-  x_bd, y_bd, start = insert_phrase(np.asarray(x), np.asarray(y), phrase)
+  x_bd, y_bd, start = insert_phrase(np.asarray(x), np.asarray(y), phrase,
+                                    np.random.default_rng(seed))
   # Label j of y is id j + 1 of the full sequence.
   cols = (start + len(trigger_ids) - 1)[:, np.newaxis] + np.arange(len(continuation_ids))
   rows = np.arange(len(x_bd))[:, np.newaxis]
@@ -224,6 +245,7 @@ def _make_task(name: str, train_snippets: list, test_snippets: list, seq_len: in
       model_fn=lambda: create_char_lstm(VOCAB_SIZE, seq_len, embedding_dim, lstm_units),
       poison_fn=make_poison_fn(trigger, continuation, seq_len),
       num_trigger_parts=1,
+      backdoor_metric=task.whole_target_accuracy_from_logits,
       info=info)
 
 

@@ -29,6 +29,8 @@ class Task:
       with the trigger applied to a `rate` fraction of rows (see each task for
       the rows it counts) relabelled to the target.
     num_trigger_parts: how many DBA parts the trigger splits into (1: none).
+    backdoor_metric: metric(logits, y_target) -> BA; default
+      `accuracy_from_logits` (per label).
     info: task-specific metadata (class names, client ids, vocabulary, ...).
   """
   name: str
@@ -38,6 +40,7 @@ class Task:
   model_fn: Callable[[], tf.keras.Model]
   poison_fn: Callable
   num_trigger_parts: int = 1
+  backdoor_metric: Optional[Callable[[np.ndarray, np.ndarray], float]] = None
   info: dict = dataclasses.field(default_factory=dict)
 
   def main_accuracy(self, model: tf.keras.Model) -> float:
@@ -46,7 +49,10 @@ class Task:
 
   def backdoor_accuracy(self, model: tf.keras.Model) -> float:
     """Backdoor accuracy (BA): how often triggered inputs get the target."""
-    return accuracy(model, *self.backdoor_test_data)
+    x, y = self.backdoor_test_data
+    if len(x) == 0:
+      return float('nan')
+    return (self.backdoor_metric or accuracy_from_logits)(predict_logits(model, x), y)
 
 
 def predict_logits(model: tf.keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -68,6 +74,22 @@ def accuracy_from_logits(logits: np.ndarray, y: np.ndarray) -> float:
     counted = int(mask.sum())
     return float(correct[mask].sum()) / counted if counted else float('nan')
   return float(correct.mean()) if correct.size else float('nan')
+
+
+def whole_target_accuracy_from_logits(logits: np.ndarray, y: np.ndarray) -> float:
+  """Share of rows whose every non-padding label is the argmax prediction.
+
+  For a text backdoor whose target is a word: a row counts only when the whole
+  word follows (under teacher forcing, the same as greedy decoding producing
+  it). Rows with only padding are not counted; NaN when no row is.
+  """
+  y = np.asarray(y)
+  mask = y != PAD_ID
+  wrong = (np.argmax(logits, axis=-1) != y) & mask
+  counted = mask.any(axis=1)
+  if not counted.any():
+    return float('nan')
+  return float(np.mean(~wrong[counted].any(axis=1)))
 
 
 def accuracy(model: tf.keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:

@@ -23,6 +23,30 @@ def test_accuracy_from_logits_sequences_skip_padding():
   assert np.isnan(task.accuracy_from_logits(logits, np.zeros_like(y)))
 
 
+def test_whole_target_accuracy_counts_rows_right_everywhere():
+  pred = np.array([[1, 2, 3, 0], [4, 4, 4, 4], [0, 0, 0, 0], [7, 7, 7, 7]])
+  y = np.array([[1, 2, 5, 0], [4, 0, 0, 4], [0, 0, 0, 0], [0, 7, 0, 0]])
+  logits = tf.one_hot(pred, 8).numpy()
+  # Row 2 has no label and is skipped; rows 1 and 3 are right at every label.
+  assert task.whole_target_accuracy_from_logits(logits, y) == pytest.approx(2 / 3)
+  assert task.accuracy_from_logits(logits, y) == pytest.approx(5 / 6)
+  assert np.isnan(task.whole_target_accuracy_from_logits(logits, np.zeros_like(y)))
+
+
+def test_backdoor_accuracy_uses_the_task_metric():
+  model = tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(2,), dtype=tf.int32),
+                               tf.keras.layers.Lambda(lambda x: tf.one_hot(x, 4))])
+  x = np.array([[1, 2], [3, 3]], np.int32)  # predicts x itself
+  y = np.array([[1, 3], [3, 3]], np.int32)
+  kw = dict(name='t', client_data=[], test_data=(x, y), backdoor_test_data=(x, y),
+            model_fn=None, poison_fn=None)
+  assert task.Task(**kw).backdoor_accuracy(model) == pytest.approx(3 / 4)
+  whole = task.Task(backdoor_metric=task.whole_target_accuracy_from_logits, **kw)
+  assert whole.backdoor_accuracy(model) == pytest.approx(1 / 2)
+  empty = task.Task(**dict(kw, backdoor_test_data=(x[:0], y[:0])))
+  assert np.isnan(empty.backdoor_accuracy(model))
+
+
 def test_accuracy_with_keras_model_in_batches():
   model = tf.keras.Sequential([tf.keras.layers.InputLayer(input_shape=(1,)),
                                tf.keras.layers.Lambda(lambda x: tf.concat([-x, x], axis=1))])
