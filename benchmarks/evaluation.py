@@ -12,10 +12,13 @@ the report:
   main    fashion_mnist (Dirichlet alpha 0.5, 30% malicious, 10 of 50 clients per
           round) x 4 attacks x every defense, seed 0; and the no-attack runs.
   tasks   digits and N-BaIoT (../shared/data) under constrain-and-scale, every defense;
-          Shakespeare's trigger phrase with none, FLAME and Multi-Krum.
+          Shakespeare's trigger phrase with none, FLAME (both paths) and Multi-Krum.
   malicious_fraction, dirichlet_alpha, clients_per_round
           sweeps: FLAME, none and Multi-Krum under constrain-and-scale.
   seeds   seeds 1 and 2 of the none and FLAME cells (mean +- std over 3 seeds).
+  task_attacks
+          digits under PGD (scaled), DBA and data poisoning, N-BaIoT under PGD
+          (scaled) and data poisoning, every defense.
 
 Cells run in `run_order` (most needed first). The report (docs/evaluation.md
 and PNG plots beside it) is rewritten after every finished cell, so it always
@@ -69,7 +72,14 @@ SWEEPS = collections.OrderedDict([
     ('clients_per_round', ((20, 50), 10)),
 ])
 SECTIONS = ('main', 'tasks', 'malicious_fraction', 'seeds', 'dirichlet_alpha',
-            'clients_per_round')
+            'clients_per_round', 'task_attacks')
+# The attacks of the other tasks' tables: the 'tasks' section runs constrain-and-scale,
+# 'task_attacks' the rest. N-BaIoT's trigger has one part, so DBA would be data poisoning.
+TASK_ATTACKS = collections.OrderedDict([
+    ('digits', MAIN_ATTACKS),
+    ('nbaiot', ('constrain_and_scale', 'pgd_scaled', 'data_poisoning')),
+    ('shakespeare', ('constrain_and_scale',)),
+])
 BASE = 'base'
 
 Cell = collections.namedtuple('Cell', 'task attack defense variant seed')
@@ -98,6 +108,9 @@ def cells_of(section: str) -> list:
     return cells + [Cell('shakespeare', a, d, BASE, 0) for a, d in (
         ('none', 'none'), ('constrain_and_scale', 'none'), ('constrain_and_scale', 'flame'),
         ('constrain_and_scale', 'flame_bare'), ('constrain_and_scale', 'multi_krum'))]
+  if section == 'task_attacks':
+    return [Cell(t, a, d, BASE, 0) for t in ('digits', 'nbaiot') for a in TASK_ATTACKS[t]
+            if a != 'constrain_and_scale' for d in DEFENSE_FLAGS]
   raise ValueError(f'--sections: unknown section {section!r}; known: {SECTIONS}.')
 
 
@@ -105,7 +118,8 @@ def run_order(sections) -> list:
   """The cells of `sections`, in the order they run: what the report needs most first
   (a 2-core machine may not finish them all): constrain-and-scale, the other
   tasks, DBA and PGD, the malicious-share sweep, the constrain-and-scale
-  seeds, data poisoning, the alpha sweep, the other seeds, clients per round."""
+  seeds, data poisoning, the alpha sweep, the other seeds, clients per round, the other
+  tasks' other attacks."""
   rank = {'constrain_and_scale': 0, 'dba': 2, 'pgd_scaled': 3, 'data_poisoning': 6}
 
   def priority(section, cell):
@@ -113,7 +127,8 @@ def run_order(sections) -> list:
       return rank.get(cell.attack, 0)
     if section == 'seeds':
       return 5 if cell.attack in ('none', 'constrain_and_scale') else 8
-    return dict(tasks=1, malicious_fraction=4, dirichlet_alpha=7, clients_per_round=9)[section]
+    return dict(tasks=1, malicious_fraction=4, dirichlet_alpha=7, clients_per_round=9,
+                task_attacks=10)[section]
 
   ranked = [(priority(s, c), i, c) for i, (s, c) in
             enumerate((s, c) for s in sections for c in cells_of(s))]
@@ -198,18 +213,21 @@ def _seeded(results, cell, key) -> str:
   return _pct(mean, std) + (f' ({count})' if count > 1 else '')
 
 
-def main_table(results) -> list:
-  lines = ['| defense | ' + ' | '.join(f'{a} MA / BA' for a in MAIN_ATTACKS) +
-           ' | ' + ' | '.join(f'{a} TPR / TNR' for a in MAIN_ATTACKS) + ' |',
-           '|---|' + '---|' * (2 * len(MAIN_ATTACKS))]
+def main_table(results, task: str = 'fashion_mnist', attacks=MAIN_ATTACKS) -> list:
+  """Defenses x attacks: MA / BA (mean ± std where seeds 1 and 2 ran), then TPR / TNR."""
+  lines = ['| defense | ' + ' | '.join(f'{a} MA / BA' for a in attacks) +
+           ' | ' + ' | '.join(f'{a} TPR / TNR' for a in attacks) + ' |',
+           '|---|' + '---|' * (2 * len(attacks))]
   for d in DEFENSE_FLAGS:
+    if not any(results.get(Cell(task, a, d, BASE, 0)) for a in attacks):
+      continue
     row = [d]
-    for a in MAIN_ATTACKS:
-      c = Cell('fashion_mnist', a, d, BASE, 0)
+    for a in attacks:
+      c = Cell(task, a, d, BASE, 0)
       row.append(f"{_seeded(results, c, 'main_accuracy')} / "
                  f"{_seeded(results, c, 'backdoor_accuracy')}")
-    for a in MAIN_ATTACKS:
-      r = results.get(Cell('fashion_mnist', a, d, BASE, 0))
+    for a in attacks:
+      r = results.get(Cell(task, a, d, BASE, 0))
       row.append('-' if d not in FILTERING or not r else f"{_pct(r['tpr'])} / {_pct(r['tnr'])}")
     lines.append('| ' + ' | '.join(row) + ' |')
   return lines
@@ -233,8 +251,10 @@ def detail_table(results, cells) -> list:
 
 
 def targets(results) -> list:
-  """The issue's targets for default FLAME, checked cell by cell (seed 0)."""
-  clean = results.get(Cell('fashion_mnist', 'none', 'none', BASE, 0))
+  """The issue's targets for default FLAME, checked cell by cell (seed 0), then on the
+  means over seeds where seeds 1 and 2 ran."""
+  clean_cell = Cell('fashion_mnist', 'none', 'none', BASE, 0)
+  clean = results.get(clean_cell)
   if not clean:
     return ['(the no-attack run has not finished)']
   lines = [f"Reference, no attack and no defense: MA {_pct(clean['main_accuracy'])}, BA "
@@ -245,14 +265,24 @@ def targets(results) -> list:
                                                                 'pgd_scaled', 'dba')]
   cells += [Cell('fashion_mnist', 'constrain_and_scale', 'flame', variant_name(
       'malicious_fraction', f), 0) for f in (0.1, 0.2, 0.4)]
+  rows = [(c, results.get(c), clean, '') for c in cells]
+  # Where seeds 1 and 2 ran: the same check on the means over seeds (clean: over its seeds).
+  clean_mean = {k: _over_seeds(results, clean_cell, k)[0]
+                for k in ('main_accuracy', 'backdoor_accuracy')}
   for c in cells:
-    r = results.get(c)
+    count = _over_seeds(results, c, 'backdoor_accuracy')[2]
+    if count > 1:
+      mean = {k: _over_seeds(results, c, k)[0]
+              for k in ('main_accuracy', 'backdoor_accuracy', 'tpr', 'tnr')}
+      rows.append((c, mean, clean_mean, f', mean of {count} seeds'))
+  for c, r, ref, note in rows:
     if not r:
       continue
-    dba = r['backdoor_accuracy'] - clean['backdoor_accuracy']
-    dma = r['main_accuracy'] - clean['main_accuracy']
+    dba = r['backdoor_accuracy'] - ref['backdoor_accuracy']
+    dma = r['main_accuracy'] - ref['main_accuracy']
     met = [dba <= 0.02, dma >= -0.02, (r['tpr'] or 0) >= 0.9, (r['tnr'] or 0) >= 0.8]
-    label = c.attack + ('' if c.variant == BASE else f' ({c.variant})')
+    label = c.attack + ('' if c.variant == BASE else f' ({c.variant})') + (
+        f' ({note[2:]})' if note else '')
     missed = [name for name, ok in zip(('BA', 'MA', 'TPR', 'TNR'), met) if not ok]
     lines.append(f"| {label} | {100 * dba:+.1f} | {100 * dma:+.1f} | {_pct(r['tpr'])} | "
                  f"{_pct(r['tnr'])} | {'no: ' + ', '.join(missed) if missed else 'yes'} |")
@@ -313,18 +343,13 @@ def plot_main_rounds(results, path) -> bool:
 
 
 def task_table(results, task) -> list:
+  """A task's main table (seed 0), then its cells with BA over the attack rounds."""
   clean = results.get(Cell(task, 'none', 'none', BASE, 0))
   lines = [f"No attack, no defense: MA {_pct(clean and clean['main_accuracy'])}, BA "
-           f"{_pct(clean and clean['backdoor_accuracy'])}.", '',
-           '| defense | MA | BA | BA over attack rounds | TPR | TNR |', '|---|---|---|---|---|---|']
-  for d in DEFENSE_FLAGS:
-    r = results.get(Cell(task, 'constrain_and_scale', d, BASE, 0))
-    if r:
-      f = d in FILTERING
-      lines.append(f"| {d} | {_pct(r['main_accuracy'])} | {_pct(r['backdoor_accuracy'])} | "
-                   f"{_pct(r['attack_ba'])} | {_pct(r['tpr']) if f else '-'} | "
-                   f"{_pct(r['tnr']) if f else '-'} |")
-  return lines
+           f"{_pct(clean and clean['backdoor_accuracy'])}.", '']
+  lines += main_table(results, task, TASK_ATTACKS[task]) + ['']
+  return lines + detail_table(results, [Cell(task, a, d, BASE, 0) for a in TASK_ATTACKS[task]
+                                        for d in DEFENSE_FLAGS])
 
 
 # The paper's constrain-and-scale FLAME results (Nguyen et al. 2022), as the issue quotes them:
@@ -406,7 +431,7 @@ def write_report(output_dir, path) -> None:
             'The paper trains far longer from well-trained models on other data sets, so '
             'only the shape compares: BA at the floor, MA close to the no-attack MA.', '']
   lines += paper_side_by_side(results)
-  lines += ['', '## Targets for default FLAME (seed 0)', '']
+  lines += ['', '## Targets for default FLAME', '']
   lines += targets(results)
   lines += ['', '## Per cell: BA over attack rounds and rounds where attackers were half or more',
             '', 'With 10 clients per round drawn from a 30%-malicious population some rounds '
@@ -418,8 +443,8 @@ def write_report(output_dir, path) -> None:
   lines += detail_table(results, [c for s in SWEEPS for c in cells_of(s)])
   if plot_sweeps(results, path.with_name('evaluation_sweeps.png')):
     lines += ['', '![sweeps](evaluation_sweeps.png)']
-  for task in ('digits', 'nbaiot', 'shakespeare'):
-    lines += ['', f'## {task} under constrain-and-scale (seed 0)', '']
+  for task in TASK_ATTACKS:
+    lines += ['', f'## {task} (seed 0)', '']
     lines += task_table(results, task)
   with open(str(path) + '.tmp', 'w') as f:
     f.write('\n'.join(lines) + '\n')
@@ -442,9 +467,10 @@ def main(argv):
   for s in FLAGS.sections:
     cells_of(s)  # names the bad section
   if not FLAGS.report_only:
-    if ('tasks' in FLAGS.sections) and not training_runs.SHARED_DATA.exists():
-      raise app.UsageError(f'--sections=tasks needs {training_runs.SHARED_DATA}, which is '
-                           'absent.')
+    for section in set(FLAGS.sections) & {'tasks', 'task_attacks'}:
+      if not training_runs.SHARED_DATA.exists():
+        raise app.UsageError(f'--sections={section} needs {training_runs.SHARED_DATA}, which '
+                             'is absent.')
     cells = run_order(FLAGS.sections)
     print(f'{len(cells)} cells, {FLAGS.processes} at a time -> {FLAGS.output_dir}', flush=True)
     lock = threading.Lock()
