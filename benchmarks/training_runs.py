@@ -25,8 +25,10 @@ TASK_FLAGS = {
     # From scratch 12 rounds left the LSTM predicting one character (MA ~0.2) and BA at its
     # floor; 20 clean rounds (MA 0.288, BA 0.000; ~20 min once, cached) give a bigram-level
     # model, and attackers poisoning all their sequences without the anomaly term (alpha=1)
-    # implant the phrase in 3 attack rounds. Measured (defense none, constrain_and_scale):
-    # BA 0.50 / 0.75 / 1.00 after rounds 1-3, final MA 0.295, 192 s on the loaded 2-core machine.
+    # implant the phrase in 3 attack rounds. Measured (defense none, constrain_and_scale, the
+    # phrase at random word starts, BA = whole 'dead' predicted): BA 0.00 / 0.88 / 1.00 after
+    # rounds 1-3, final MA 0.294, 188 s on the loaded 2-core machine; after control phrases
+    # 'dead' follows in 0-2.5% of sequences (benchmarks/text_backdoor_control.py).
     'shakespeare': [f'--shakespeare_text={SHARED_DATA / "tinyshakespeare.txt"}',
                     '--num_clients=10', '--clients_per_round=10', '--pretrain_rounds=20',
                     '--rounds=3', '--attack_start_round=1', '--client_epochs=1',

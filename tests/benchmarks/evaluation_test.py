@@ -77,13 +77,16 @@ def test_report_tables_and_mean_over_seeds(tmp_path):
   write_cell(tmp_path, Cell('fashion_mnist', 'constrain_and_scale', 'multi_krum',
                             'malicious_fraction=0.4', 0), attack_rounds(0.6, 0.5))
   write_cell(tmp_path, Cell('digits', 'dba', 'flame', 'base', 0), attack_rounds(0.9, 0.01))
+  write_cell(tmp_path, Cell('fashion_mnist', 'none', 'flame', 'base', 0),
+             [dict(round=r, main_accuracy=0.7, backdoor_accuracy=0.06, attacking=False,
+                   num_clients=10.0, num_admitted=a, tnr=a / 10) for r, a in ((1, 6.0), (2, 7.0))])
   report = tmp_path / 'report.md'
   evaluation.write_report(tmp_path, report)
   text = report.read_text()
   ma = f'{100 * np.mean(mas):.1f} ± {100 * np.std(mas):.1f} (3)'
   ba = f'{100 * np.mean(bas):.1f} ± {100 * np.std(bas):.1f} (3)'
   assert f'| flame | {ma} / {ba} |' in text
-  assert f'6 of {len(evaluation.run_order(evaluation.SECTIONS))} cells finished' in text
+  assert f'7 of {len(evaluation.run_order(evaluation.SECTIONS))} cells finished' in text
   # Targets: seed 0's BA 0.05 vs clean 0.06 and MA 0.71 vs 0.72, TPR 83.3% < 90%.
   assert '| constrain_and_scale | -1.0 | -1.0 | 83.3 | 90.0 | no: TPR |' in text
   # Means over the 3 seeds against the clean run's only seed: BA 7.0 - 6.0, MA 73.3 - 72.0.
@@ -94,6 +97,7 @@ def test_report_tables_and_mean_over_seeds(tmp_path):
   assert '| flame | - / - | - / - | 90.0 / 21.0 | - / - | - | - | 83.3 / 90.0 | - |' in digits
   assert '| dba / flame / seed 0 | 90.0 | 21.0 | 11.0 |' in digits and '| none |' not in digits
   assert 'constrain_and_scale / multi_krum / malicious_fraction=0.4 / seed 0 | 60.0 | 70.0' in text
+  assert 'With no attacker, FLAME admitted 6.5 of 10 clients a round on average (TNR 65.0)' in text
   assert (tmp_path / 'evaluation_sweeps.png').exists()
 
 
