@@ -49,10 +49,7 @@ class Task:
 
   def backdoor_accuracy(self, model: tf.keras.Model) -> float:
     """Backdoor accuracy (BA): how often triggered inputs get the target."""
-    x, y = self.backdoor_test_data
-    if len(x) == 0:
-      return float('nan')
-    return (self.backdoor_metric or accuracy_from_logits)(predict_logits(model, x), y)
+    return accuracy(model, *self.backdoor_test_data, metric=self.backdoor_metric)
 
 
 def predict_logits(model: tf.keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -92,11 +89,13 @@ def whole_target_accuracy_from_logits(logits: np.ndarray, y: np.ndarray) -> floa
   return float(np.mean(~wrong[counted].any(axis=1)))
 
 
-def accuracy(model: tf.keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
-  """Accuracy of a logits model on (x, y), as `accuracy_from_logits`."""
+def accuracy(model: tf.keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 1024,
+             metric: Optional[Callable[[np.ndarray, np.ndarray], float]] = None) -> float:
+  """`metric(logits, y)` of a logits model on (x, y) (default `accuracy_from_logits`);
+  NaN when x is empty."""
   if len(x) == 0:
     return float('nan')
-  return accuracy_from_logits(predict_logits(model, x, batch_size), y)
+  return (metric or accuracy_from_logits)(predict_logits(model, x, batch_size), y)
 
 
 def choose_rows(candidates: np.ndarray, rate: float, total: int,
