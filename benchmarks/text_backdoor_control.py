@@ -49,6 +49,11 @@ def main(argv):
   config = config_lib.ExperimentConfig(**identity['experiment'])
   task = loop.load_task(task_config, seed=config.seed)
   trigger, continuation = task.info['trigger'], task.info['continuation']
+  for control in _CONTROLS.value:
+    if len(control) != len(trigger):
+      raise app.UsageError(f'--control={control!r} has {len(control)} characters; it must be as '
+                           f'long as the trigger {trigger!r} ({len(trigger)}) to land at the '
+                           'same places.')
   with tff_worker.execution_context():  # the harness's worker: ended on exit, never orphaned
     process = loop.build_process(task, config)
     manager = tff.program.FileProgramStateManager(
@@ -58,11 +63,6 @@ def main(argv):
     process.get_model_weights(state).assign_weights_to(model)
   x_test, y_test = task.test_data
   print(f'{_RUN_DIR.value}: round {version}, continuation {continuation!r}')
-  for control in _CONTROLS.value:
-    if len(control) != len(trigger):
-      raise app.UsageError(f'--control={control!r} has {len(control)} characters; it must be as '
-                           f'long as the trigger {trigger!r} ({len(trigger)}) to land at the '
-                           'same places.')
   for phrase in [trigger] + list(_CONTROLS.value):
     label = 'trigger' if phrase == trigger else 'control'
     whole, per_character = continuation_accuracy(model, x_test, y_test, phrase, continuation)
