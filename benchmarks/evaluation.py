@@ -274,15 +274,15 @@ def targets(results) -> list:
     if count > 1:
       mean = {k: _over_seeds(results, c, k)[0]
               for k in ('main_accuracy', 'backdoor_accuracy', 'tpr', 'tnr')}
-      rows.append((c, mean, clean_mean, f', mean of {count} seeds'))
+      rows.append((c, mean, clean_mean, f'mean of {count} seeds'))
   for c, r, ref, note in rows:
     if not r:
       continue
     dba = r['backdoor_accuracy'] - ref['backdoor_accuracy']
     dma = r['main_accuracy'] - ref['main_accuracy']
     met = [dba <= 0.02, dma >= -0.02, (r['tpr'] or 0) >= 0.9, (r['tnr'] or 0) >= 0.8]
-    label = c.attack + ('' if c.variant == BASE else f' ({c.variant})') + (
-        f' ({note[2:]})' if note else '')
+    label = (c.attack + ('' if c.variant == BASE else f' ({c.variant})') +
+             (f' ({note})' if note else ''))
     missed = [name for name, ok in zip(('BA', 'MA', 'TPR', 'TNR'), met) if not ok]
     lines.append(f"| {label} | {100 * dba:+.1f} | {100 * dma:+.1f} | {_pct(r['tpr'])} | "
                  f"{_pct(r['tnr'])} | {'no: ' + ', '.join(missed) if missed else 'yes'} |")
