@@ -255,7 +255,9 @@ def gram_and_norms(blocks, compute_dtype=tf.float32, reference: Optional[tf.Tens
     finite_parts.append(f)
   exponent, finite = tf.concat(exponent_parts, 0), tf.concat(finite_parts, 0)
   # 2^-e as two normal float32 factors, applied one after the other (their
-  # product can be subnormal, which TF's CPU kernels flush to zero).
+  # product can be subnormal, which TF's CPU kernels flush to zero): `_scaled`,
+  # with the factors computed once, not per slice. Calling `_scaled` in the
+  # loop measured 3.3 s against 2.75 s per model-space round (flame_overhead, n = 30).
   first = tf.math.floordiv(-exponent, 2)
   first_scale = _pow2(first)[:, tf.newaxis]
   second_scale = _pow2(-exponent - first)[:, tf.newaxis]
