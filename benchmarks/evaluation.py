@@ -39,6 +39,7 @@ from absl import flags
 import numpy as np
 
 from benchmarks import training_runs
+from experiments import defenses
 from experiments import plots
 
 REPO = training_runs.REPO
@@ -46,24 +47,20 @@ DOCS = REPO / 'docs'
 
 TASK_FLAGS = training_runs.TASK_FLAGS  # fashion_mnist: sized for the 2-core machine there
 
-# Defense labels -> flags. `flame` is the default (the paper's model space);
-# `flame_bare` is FlameFactory() on updates alone (Euclidean distance), and
+# Defense labels -> flags: every registered defense, with FLAME's two update-space variants
+# after it: `flame_bare` is FlameFactory() on updates alone (Euclidean distance), and
 # `flame_bare_cosine` the update-space cosine it replaced.
-DEFENSE_FLAGS = collections.OrderedDict([
-    ('none', ['--defense=none']),
-    ('flame', ['--defense=flame']),
+FLAME_VARIANTS = collections.OrderedDict([
     ('flame_bare', ['--defense=flame', '--clustering_space=update']),
     ('flame_bare_cosine', ['--defense=flame', '--clustering_space=update',
                            '--flame_distance=cosine']),
-    ('krum', ['--defense=krum']),
-    ('multi_krum', ['--defense=multi_krum']),
-    ('median', ['--defense=median']),
-    ('trimmed_mean', ['--defense=trimmed_mean']),
-    ('norm_bounding', ['--defense=norm_bounding']),
-    ('weak_dp', ['--defense=weak_dp']),
-    ('foolsgold', ['--defense=foolsgold']),
 ])
-FILTERING = ('flame', 'flame_bare', 'flame_bare_cosine', 'krum', 'multi_krum', 'foolsgold')
+DEFENSE_FLAGS = collections.OrderedDict()
+for _name in defenses.DEFENSES:
+  DEFENSE_FLAGS[_name] = [f'--defense={_name}']
+  if _name == 'flame':
+    DEFENSE_FLAGS.update(FLAME_VARIANTS)
+FILTERING = defenses.FILTERING + tuple(FLAME_VARIANTS)
 MAIN_ATTACKS = ('constrain_and_scale', 'pgd_scaled', 'dba', 'data_poisoning')
 SWEEP_DEFENSES = ('none', 'flame', 'multi_krum')
 SWEEPS = collections.OrderedDict([

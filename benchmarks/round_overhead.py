@@ -16,8 +16,8 @@ from absl import flags
 
 from benchmarks import measure
 from experiments import config as config_lib
-from experiments import loop
 from experiments import tff_worker
+from tasks import registry
 
 _CLIENTS = flags.DEFINE_list('clients', ['10', '30', '100'], 'Clients per round to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median reported).', lower_bound=1)
@@ -34,7 +34,7 @@ def time_round(task, config, repeats):
 def main(argv):
   del argv
   sizes = [int(c) for c in _CLIENTS.value]
-  task = loop.load_task(config_lib.TaskConfig(task='digits', num_clients=max(sizes)), seed=0)
+  task = registry.load_task(config_lib.TaskConfig(task='digits', num_clients=max(sizes)), seed=0)
   base = config_lib.ExperimentConfig(attack='constrain_and_scale', client_epochs=1)
   print(f"{'n':>5} {'mean round s':>13} {'FLAME round s':>14} {'FLAME/mean':>11} "
         f"{'mean peak MB':>13} {'FLAME peak MB':>14}")

@@ -19,8 +19,8 @@ from absl import flags
 
 from benchmarks import measure
 from experiments import config as config_lib
-from experiments import loop
 from experiments import tff_worker
+from tasks import registry
 
 _CLIENTS = flags.DEFINE_list('clients', ['20', '100'], 'Clients per round to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median reported).', lower_bound=1)
@@ -35,7 +35,7 @@ def time_round(task, config, num_services, repeats) -> float:
 def main(argv):
   del argv
   sizes = [int(c) for c in _CLIENTS.value]
-  task = loop.load_task(config_lib.TaskConfig(task='digits', num_clients=max(sizes)), seed=0)
+  task = registry.load_task(config_lib.TaskConfig(task='digits', num_clients=max(sizes)), seed=0)
   base = config_lib.ExperimentConfig(defense='flame', attack='constrain_and_scale',
                                      client_epochs=1)
   print('Both services share this machine\'s cores: the ratio is overhead, not speed-up.')

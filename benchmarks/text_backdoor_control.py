@@ -22,6 +22,7 @@ import tensorflow_federated as tff
 from experiments import config as config_lib
 from experiments import loop
 from experiments import tff_worker
+from tasks import registry
 from tasks import shakespeare
 from tasks import task as task_lib
 
@@ -47,7 +48,7 @@ def main(argv):
     identity = json.load(f)
   task_config = config_lib.TaskConfig(**identity['task_config'])
   config = config_lib.ExperimentConfig(**identity['experiment'])
-  task = loop.load_task(task_config, seed=config.seed)
+  task = registry.load_task(task_config, seed=config.seed)
   trigger, continuation = task.info['trigger'], task.info['continuation']
   for control in _CONTROLS.value:
     if len(control) != len(trigger):

@@ -12,12 +12,13 @@ import dataclasses
 import typing
 from typing import Any, Optional, Sequence
 
+from experiments import attacks
+from experiments import defenses
 from tasks import registry
 
 TASKS = registry.TASKS
-DEFENSES = ('none', 'flame', 'krum', 'multi_krum', 'median', 'trimmed_mean', 'norm_bounding',
-            'weak_dp', 'foolsgold')
-ATTACKS = ('none', 'data_poisoning', 'constrain_and_scale', 'pgd', 'pgd_scaled', 'dba')
+DEFENSES = defenses.DEFENSES
+ATTACKS = attacks.ATTACKS
 CLUSTERING_SPACES = ('update', 'model')
 FLAME_DISTANCES = ('cosine', 'euclidean')
 
@@ -33,9 +34,8 @@ def param(default: Any, help: str, *, choices: Sequence[str] = (),  # pylint: di
 
 @dataclasses.dataclass
 class TaskConfig:
-  """Which task and data; see `tasks.registry.load_task`."""
-  task: str = param('digits', '`digits`, `emnist`, `fashion_mnist`, `shakespeare` or `nbaiot`',
-                    choices=TASKS)
+  """Which task and data; `tasks.registry.load_task` reads it."""
+  task: str = param('digits', ', '.join(f'`{t}`' for t in TASKS), choices=TASKS)
   num_clients: int = param(20, 'clients in the population (the most roles / writers for text '
                            'and EMNIST)', lower=1)
   dirichlet_alpha: float = param(0.5, 'digits, fashion_mnist: non-IID label skew (smaller is '
@@ -66,10 +66,10 @@ class TaskConfig:
 @dataclasses.dataclass
 class ExperimentConfig:
   """What a run does: training, attack and defense."""
-  defense: str = param('flame', '`none` (plain mean), ' + ', '.join(
-      f'`{d}`' for d in DEFENSES[1:]), choices=DEFENSES)
-  attack: str = param('constrain_and_scale', ', '.join(f'`{a}`' for a in ATTACKS),
-                      choices=ATTACKS)
+  defense: str = param('flame', ', '.join(f'`{d}`' for d in DEFENSES) + ' (docs/experiments.md)',
+                       choices=DEFENSES)
+  attack: str = param('constrain_and_scale', ', '.join(f'`{a}`' for a in ATTACKS) +
+                      ' (docs/experiments.md)', choices=ATTACKS)
   rounds: int = param(15, 'training rounds', lower=1)
   clients_per_round: int = param(10, 'clients sampled each round', lower=1)
   malicious_fraction: float = param(0.3, 'share of the population that is malicious',

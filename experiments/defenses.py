@@ -1,4 +1,4 @@
-"""Every defense by name, and the ground-truth wrapper that measures a filter's TPR/TNR.
+"""Every defense by name (one registry), and the ground-truth wrapper that measures TPR/TNR.
 
 Norm bounding and weak DP reuse TFF's own factories (`clipping_factory`,
 `DifferentiallyPrivateFactory.gaussian_fixed`) behind
@@ -7,88 +7,120 @@ into a NaN aggregate; the rest are `tff_flame`'s.
 """
 
 import collections
-from typing import Optional
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 import tff_flame
-from experiments import config as config_lib
 
-DEFENSES = config_lib.DEFENSES
-# Defenses whose per-client `admitted` makes TPR/TNR meaningful (FoolsGold: weight > 0).
-FILTERING = ('flame', 'krum', 'multi_krum', 'foolsgold')
+Defense = collections.namedtuple('Defense', 'name help build filtering')
+_DEFENSES = collections.OrderedDict()
 
 
-def build_aggregator(name: str,
-                     noise_lambda: float = 0.001,
-                     clustering_space: str = 'update',
-                     flame_distance: Optional[str] = None,
-                     seed: int = 0,
-                     num_byzantine: int = 0,
-                     trim_fraction: float = 0.2,
-                     norm_bound: float = 1.0,
-                     dp_noise_multiplier: float = 0.01,
-                     clients_per_round: Optional[int] = None,
-                     foolsgold_kappa: float = 1.0,
-                     max_clients: Optional[int] = None
-                     ) -> tff.aggregators.UnweightedAggregationFactory:
-  """The named defense (see DEFENSES); ValueError names the bad argument.
+def register(name: str, help: str, filtering: bool = False):  # pylint: disable=redefined-builtin
+  """Registers `build(config) -> factory` as `--defense=name`.
 
-  Gathering defenses (flame, krum, multi_krum, median, trimmed_mean, foolsgold) accept
-  rounds of up to `max_clients` clients (default: `clients_per_round`, else
-  1000), which also sets the gather's number of groups.
+  `filtering`: the factory reports a per-client `admitted`, so TPR/TNR are
+  measured. Adding a defense touches its module, its entry here and its tests.
   """
-  max_clients = max_clients or clients_per_round or 1000
-  if name == 'none':
-    return tff.aggregators.UnweightedMeanFactory()
-  if name == 'flame':
-    return tff_flame.FlameFactory(noise_lambda=noise_lambda, seed=seed,
-                                  clustering_space=clustering_space, distance=flame_distance,
-                                  max_clients=max_clients)
-  if name == 'krum':
-    return tff_flame.KrumFactory(num_byzantine, num_selected=1, max_clients=max_clients)
-  if name == 'multi_krum':
-    return tff_flame.KrumFactory(num_byzantine, num_selected=None,
-                                 max_clients=max_clients)
-  if name == 'median':
-    return tff_flame.CoordinateMedianFactory(max_clients=max_clients)
-  if name == 'trimmed_mean':
-    return tff_flame.TrimmedMeanFactory(trim_fraction, max_clients=max_clients)
-  if name == 'foolsgold':
-    return tff_flame.FoolsGoldFactory(kappa=foolsgold_kappa, max_clients=max_clients)
-  if not norm_bound > 0:
-    raise ValueError(f'norm_bound must be > 0, got {norm_bound!r}.')
-  if name == 'norm_bounding':
-    # Weighted mean with weight 0 for non-finite clients (see NonFiniteFilterFactory).
-    clipped_mean = tff.aggregators.clipping_factory(norm_bound, tff.aggregators.MeanFactory())
-    return tff_flame.NonFiniteFilterFactory(clipped_mean, inner_name='norm_bounding')
-  if name == 'weak_dp':
-    if not dp_noise_multiplier >= 0:
-      raise ValueError(f'dp_noise_multiplier must be >= 0, got {dp_noise_multiplier!r}.')
-    if not clients_per_round or clients_per_round < 1:
-      raise ValueError(f'weak_dp needs clients_per_round >= 1, got {clients_per_round!r}.')
-    # TF-Privacy draws this noise unseeded: weak_dp runs are not bit-reproducible.
-    dp_mean = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
-        noise_multiplier=dp_noise_multiplier, clients_per_round=clients_per_round,
-        clip=norm_bound)
-    return tff_flame.NonFiniteFilterFactory(dp_mean, inner_name='weak_dp')
-  raise ValueError(f'defense must be one of {DEFENSES}, got {name!r}.')
+  def add(build: Callable[[Any], tff.aggregators.UnweightedAggregationFactory]):
+    if name in _DEFENSES:
+      raise ValueError(f'defense {name!r} is registered twice.')
+    _DEFENSES[name] = Defense(name, help, build, filtering)
+    return build
+  return add
 
 
-def defense_factory(config: config_lib.ExperimentConfig
-                    ) -> tff.aggregators.UnweightedAggregationFactory:
-  """The configured defense; Krum's f defaults to the expected attackers per round."""
-  num_byzantine = config.num_byzantine
-  if num_byzantine is None:
-    num_byzantine = config.expected_attackers_per_round()
-  return build_aggregator(
-      config.defense, noise_lambda=config.noise_lambda, clustering_space=config.clustering_space,
-      flame_distance=config.flame_distance, seed=config.seed, num_byzantine=num_byzantine,
-      trim_fraction=config.trim_fraction,
-      norm_bound=config.norm_bound, dp_noise_multiplier=config.dp_noise_multiplier,
-      clients_per_round=config.clients_per_round, foolsgold_kappa=config.foolsgold_kappa)
+def max_clients(config) -> int:
+  """The most clients a gathering defense accepts in a round: the configured round size."""
+  return config.clients_per_round
+
+
+def num_byzantine(config) -> int:
+  """Krum's f: `--num_byzantine`, or the expected attackers per round."""
+  if config.num_byzantine is not None:
+    return config.num_byzantine
+  return config.expected_attackers_per_round()
+
+
+@register('none', 'FedAvg mean (`tff.aggregators.UnweightedMeanFactory`)')
+def _mean(config):
+  del config
+  return tff.aggregators.UnweightedMeanFactory()
+
+
+@register('flame', 'FLAME (`tff_flame.FlameFactory`)', filtering=True)
+def _flame(config):
+  return tff_flame.FlameFactory(noise_lambda=config.noise_lambda, seed=config.seed,
+                                clustering_space=config.clustering_space,
+                                distance=config.flame_distance, max_clients=max_clients(config))
+
+
+@register('krum', 'Krum (Blanchard et al. 2017; `KrumFactory`)', filtering=True)
+def _krum(config):
+  return tff_flame.KrumFactory(num_byzantine(config), num_selected=1,
+                               max_clients=max_clients(config))
+
+
+@register('multi_krum', 'Multi-Krum, the n - f lowest Krum scores averaged (`KrumFactory`)',
+          filtering=True)
+def _multi_krum(config):
+  return tff_flame.KrumFactory(num_byzantine(config), num_selected=None,
+                               max_clients=max_clients(config))
+
+
+@register('median', 'coordinate-wise median (Yin et al. 2018; `CoordinateMedianFactory`)')
+def _median(config):
+  return tff_flame.CoordinateMedianFactory(max_clients=max_clients(config))
+
+
+@register('trimmed_mean', 'coordinate-wise trimmed mean (Yin et al. 2018; `TrimmedMeanFactory`)')
+def _trimmed_mean(config):
+  return tff_flame.TrimmedMeanFactory(config.trim_fraction, max_clients=max_clients(config))
+
+
+@register('norm_bounding', "each update clipped to `--norm_bound`, then the mean (TFF's "
+          '`clipping_factory`)')
+def _norm_bounding(config):
+  # Weighted mean with weight 0 for non-finite clients (see NonFiniteFilterFactory).
+  clipped_mean = tff.aggregators.clipping_factory(config.norm_bound,
+                                                  tff.aggregators.MeanFactory())
+  return tff_flame.NonFiniteFilterFactory(clipped_mean, inner_name='norm_bounding')
+
+
+@register('weak_dp', "norm bounding + Gaussian noise (TFF's "
+          '`DifferentiallyPrivateFactory.gaussian_fixed`)')
+def _weak_dp(config):
+  # TF-Privacy draws this noise unseeded: weak_dp runs are not bit-reproducible.
+  dp_mean = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+      noise_multiplier=config.dp_noise_multiplier, clients_per_round=config.clients_per_round,
+      clip=config.norm_bound)
+  return tff_flame.NonFiniteFilterFactory(dp_mean, inner_name='weak_dp')
+
+
+@register('foolsgold', 'FoolsGold (Fung et al. 2020), per round (`FoolsGoldFactory`)',
+          filtering=True)
+def _foolsgold(config):
+  return tff_flame.FoolsGoldFactory(kappa=config.foolsgold_kappa,
+                                    max_clients=max_clients(config))
+
+
+DEFENSES = tuple(_DEFENSES)
+FILTERING = tuple(name for name, d in _DEFENSES.items() if d.filtering)
+
+
+def defense(name: str) -> Defense:
+  """The registered defense `name`; ValueError names `--defense` when it is unknown."""
+  if name not in _DEFENSES:
+    raise ValueError(f'--defense must be one of {", ".join(_DEFENSES)}; got {name!r}.')
+  return _DEFENSES[name]
+
+
+def defense_factory(config) -> tff.aggregators.UnweightedAggregationFactory:
+  """The configured defense (`config.defense`), built from the config's own fields."""
+  return defense(config.defense).build(config)
 
 
 def filter_rates(is_malicious: tf.Tensor, admitted: tf.Tensor) -> dict:

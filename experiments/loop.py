@@ -22,18 +22,11 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from experiments import attacks
+from experiments import client_work
 from experiments import defenses
 from experiments import plots
 from experiments.config import ExperimentConfig
-from experiments.config import TaskConfig
-from tasks import registry
 from tff_flame import learning
-
-
-def load_task(task_config: TaskConfig, seed: int):
-  """The configured task (a `tasks.Task`); ValueError names the flag or file at fault."""
-  options = dataclasses.asdict(task_config)
-  return registry.load_task(options.pop('task'), seed=seed, **options)
 
 
 def malicious_clients(num_clients: int, fraction: float, seed: int) -> np.ndarray:
@@ -45,7 +38,7 @@ def malicious_clients(num_clients: int, fraction: float, seed: int) -> np.ndarra
 
 def element_spec(task, config: ExperimentConfig):
   x, y = task.client_data[0]
-  return attacks.flagged_dataset(x[:1], y[:1], False).batch(config.batch_size).element_spec
+  return client_work.flagged_dataset(x[:1], y[:1], False).batch(config.batch_size).element_spec
 
 
 def build_process(task, config: ExperimentConfig) -> tff.learning.templates.LearningProcess:
@@ -55,7 +48,7 @@ def build_process(task, config: ExperimentConfig) -> tff.learning.templates.Lear
   computation, run in TFF's worker) is the same in every run with a seed.
   """
   tf.keras.utils.set_random_seed(config.seed)
-  client_work = attacks.build_client_work(
+  work = client_work.build_client_work(
       task.model_fn, element_spec(task, config), config.client_learning_rate,
       attacks.build_attack(config))
 
@@ -66,7 +59,7 @@ def build_process(task, config: ExperimentConfig) -> tff.learning.templates.Lear
   aggregator = defenses.create_with_ground_truth(
       defenses.defense_factory(config), initial_model_weights_fn.type_signature.result.trainable)
   return learning.compose_fed_avg_with_global_model(
-      initial_model_weights_fn, client_work, aggregator,
+      initial_model_weights_fn, work, aggregator,
       tff.learning.optimizers.build_sgdm(config.server_learning_rate))
 
 
@@ -88,7 +81,7 @@ def round_datasets(task, client_ids, malicious_ids, round_num: int,
       rng = np.random.default_rng([config.seed, round_num, int(cid)])
       part = attack.trigger_part(malicious_ids.index(cid), task.num_trigger_parts)
       x, y = task.poison_fn(x, y, config.data_poisoning_rate, rng, trigger_part=part)
-    datasets.append(attacks.flagged_dataset(x, y, is_attacker)
+    datasets.append(client_work.flagged_dataset(x, y, is_attacker)
                     .shuffle(len(x), seed=config.seed + round_num)
                     .repeat(config.client_epochs).batch(config.batch_size))
   return datasets

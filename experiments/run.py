@@ -32,6 +32,7 @@ from experiments import config as config_lib
 from experiments import loop
 from experiments import pretrain
 from experiments import tff_worker
+from tasks import registry
 
 config_lib.define_flags()
 
@@ -50,7 +51,7 @@ def main(argv):
   try:
     task_config.validate()
     addresses = tff_worker.parse_addresses(runtime.tff_workers)
-    task = loop.load_task(task_config, seed=config.seed)
+    task = registry.load_task(task_config, seed=config.seed)
     config.validate(len(task.client_data))
   except (ValueError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -35,9 +35,10 @@ def create_digits_cnn(num_classes: int = 10) -> tf.keras.Model:
   ])
 
 
-def load_digits_task(num_clients: int = 10,
-                     dirichlet_alpha: float = 0.5,
-                     seed: int = 0,
+def load_digits_task(*,
+                     num_clients: int,
+                     dirichlet_alpha: float,
+                     seed: int,
                      target_label: int = 0,
                      test_fraction: float = 0.2,
                      min_examples_per_client: int = 5,

@@ -34,9 +34,10 @@ def _to_numpy(dataset: tf.data.Dataset, invert_pixels: bool) -> tuple:
 
 
 def load_emnist_task(cache_dir: Optional[str],
+                     *,
+                     num_clients: int,
+                     seed: int,
                      only_digits: bool = True,
-                     num_clients: int = 10,
-                     seed: int = 0,
                      target_label: int = 0,
                      max_test_examples: int = 2000,
                      client_ids: Optional[Sequence[str]] = None,

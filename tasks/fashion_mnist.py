@@ -82,11 +82,12 @@ def _images_and_labels(images_path: str, labels_path: str) -> tuple:
 
 
 def load_fashion_mnist_task(data_dir: str,
-                            num_clients: int = 20,
-                            dirichlet_alpha: float = 0.5,
-                            seed: int = 0,
-                            train_examples: Optional[int] = None,
-                            test_examples: Optional[int] = None,
+                            *,
+                            num_clients: int,
+                            dirichlet_alpha: float,
+                            seed: int,
+                            train_examples: Optional[int],
+                            test_examples: Optional[int],
                             target_label: int = 0,
                             min_examples_per_client: int = 5,
                             trigger_parts: images.TriggerParts = emnist.EMNIST_TRIGGER_PARTS,

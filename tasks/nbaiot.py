@@ -168,9 +168,10 @@ def backdoor_test_set(x: np.ndarray, y: np.ndarray, trigger_features: Sequence[i
 
 
 def load_nbaiot_task(path: str,
-                     clients_per_device: int = 1,
+                     *,
+                     clients_per_device: int,
+                     seed: int,
                      test_fraction: float = 0.2,
-                     seed: int = 0,
                      label_mode: str = 'binary',
                      trigger_features: Sequence[int] = DEFAULT_TRIGGER_FEATURES,
                      trigger_value: float = DEFAULT_TRIGGER_VALUE,

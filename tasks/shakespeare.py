@@ -250,10 +250,11 @@ def _make_task(name: str, train_snippets: list, test_snippets: list, seq_len: in
 
 
 def load_shakespeare_text_task(path: str,
+                               *,
+                               max_clients: Optional[int],
+                               seed: int,
                                min_lines: int = 20,
-                               max_clients: Optional[int] = None,
                                seq_len: int = DEFAULT_SEQ_LEN,
-                               seed: int = 0,
                                trigger: str = 'the king is ',
                                continuation: str = 'dead',
                                test_fraction: float = 0.2,
@@ -292,9 +293,10 @@ def _snippets(dataset: tf.data.Dataset) -> list:
 
 
 def load_shakespeare_task(cache_dir: Optional[str],
-                          max_clients: Optional[int] = None,
+                          *,
+                          max_clients: Optional[int],
+                          seed: int,
                           seq_len: int = DEFAULT_SEQ_LEN,
-                          seed: int = 0,
                           trigger: str = 'the king is ',
                           continuation: str = 'dead',
                           max_test_sequences: Optional[int] = 5000,

@@ -7,6 +7,7 @@ import sys
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from experiments import config as config_lib
 from experiments import defenses
 import tff_flame
 from tff_flame import FlameFactory
@@ -54,14 +55,19 @@ def test_labelled_plain_mean_drops_the_flag():
   np.testing.assert_allclose(out.result, np.full(6, 2.0))
 
 
+def _factory(**fields):
+  return defenses.defense_factory(config_lib.ExperimentConfig(**fields))
+
+
 def test_norm_bounding_and_weak_dp_reuse_tff():
   rows = np.array([[3.0, 4.0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0.5]], np.float32)
-  process = defenses.build_aggregator('norm_bounding', norm_bound=1.0).create(tff.TensorType(np.float32, [7]))
+  process = _factory(defense='norm_bounding', norm_bound=1.0).create(
+      tff.TensorType(np.float32, [7]))
   out = process.next(process.initialize(), [list(r) for r in rows])
   np.testing.assert_allclose(np.asarray(out.result), ([0.6, 0.8, 0, 0, 0, 0, 0] + rows[1]) / 2,
                              rtol=1e-5)
-  dp = defenses.build_aggregator('weak_dp', norm_bound=1.0, dp_noise_multiplier=0.0,
-                                         clients_per_round=2).create(tff.TensorType(np.float32, [7]))
+  dp = _factory(defense='weak_dp', norm_bound=1.0, dp_noise_multiplier=0.0,
+                clients_per_round=2).create(tff.TensorType(np.float32, [7]))
   out = dp.next(dp.initialize(), [list(r) for r in rows])
   np.testing.assert_allclose(np.asarray(out.result), ([0.6, 0.8, 0, 0, 0, 0, 0] + rows[1]) / 2,
                              rtol=1e-5)
@@ -72,7 +78,7 @@ def test_krum_tpr_tnr_from_flags():
   rows = np.concatenate([rng.normal(size=(6, 7)), 30 + rng.normal(size=(2, 7))]).astype(np.float32)
   flags = [0] * 6 + [1] * 2
   process = defenses.create_with_ground_truth(
-      defenses.build_aggregator('multi_krum', num_byzantine=2),
+      _factory(defense='multi_krum', num_byzantine=2),
       tff.TensorType(np.float32, [7]))
   m = process.next(process.initialize(), [(r, np.int32(f)) for r, f in zip(rows, flags)],
                    np.zeros(7, np.float32)).measurements
@@ -80,14 +86,25 @@ def test_krum_tpr_tnr_from_flags():
 
 
 def test_registry_rejects_bad_names_and_parameters():
-  with pytest.raises(ValueError, match='defense must be one of'):
-    defenses.build_aggregator('bulyan')
+  with pytest.raises(ValueError, match='--defense must be one of'):
+    _factory(defense='bulyan')
   with pytest.raises(ValueError, match='trim_fraction'):
-    defenses.build_aggregator('trimmed_mean', trim_fraction=0.5)
+    _factory(defense='trimmed_mean', trim_fraction=0.5)
   with pytest.raises(ValueError, match='num_byzantine'):
-    defenses.build_aggregator('krum', num_byzantine=-1)
-  with pytest.raises(ValueError, match='norm_bound'):
-    defenses.build_aggregator('norm_bounding', norm_bound=0.0)
+    _factory(defense='krum', num_byzantine=-1)
+
+
+def test_every_registered_defense_builds_from_the_default_config():
+  """One place to add a defense: each entry builds from the config alone, and the
+  filtering ones report the per-client `admitted` that TPR/TNR need."""
+  assert defenses.DEFENSES == config_lib.DEFENSES and 'flame' in defenses.FILTERING
+  for name in defenses.DEFENSES:
+    factory = _factory(defense=name)
+    assert isinstance(factory, tff.aggregators.UnweightedAggregationFactory), name
+    gathering = isinstance(factory, tff_flame.GatheredAggregationFactory)
+    assert gathering or name not in defenses.FILTERING, name
+    if gathering:
+      assert factory.max_clients == config_lib.ExperimentConfig().clients_per_round, name
 
 
 def test_foolsgold_tpr_tnr_from_flags():
@@ -96,8 +113,7 @@ def test_foolsgold_tpr_tnr_from_flags():
   sybils = 3 * rng.normal(size=7) + 0.05 * rng.normal(size=(3, 7))
   rows = np.concatenate([benign, sybils]).astype(np.float32)
   flags = [0] * 7 + [1] * 3
-  config = defenses.config_lib.ExperimentConfig(defense='foolsgold', foolsgold_kappa=1.0)
-  factory = defenses.defense_factory(config)
+  factory = _factory(defense='foolsgold', foolsgold_kappa=1.0)
   assert isinstance(factory, tff_flame.FoolsGoldFactory) and 'foolsgold' in defenses.FILTERING
   process = defenses.create_with_ground_truth(factory, tff.TensorType(np.float32, [7]))
   m = process.next(process.initialize(), [(r, np.int32(f)) for r, f in zip(rows, flags)],

@@ -16,7 +16,7 @@ from tasks import images
 
 @pytest.fixture(scope='module')
 def task():
-  return digits.load_digits_task(num_clients=6, seed=0)
+  return digits.load_digits_task(num_clients=6, dirichlet_alpha=0.5, seed=0)
 
 
 def config(**kwargs):

@@ -21,7 +21,7 @@ TASK_CONFIG = config_lib.TaskConfig(task='digits', num_clients=6)
 
 @pytest.fixture(scope='module')
 def task():
-  return digits.load_digits_task(num_clients=6, seed=0)
+  return digits.load_digits_task(num_clients=6, dirichlet_alpha=0.5, seed=0)
 
 
 def config(**kwargs):

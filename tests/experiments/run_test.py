@@ -140,12 +140,13 @@ def test_two_executor_services_give_the_single_process_result(tmp_path):
   """`--tff_workers` over two `experiments.worker` services == one in-process worker."""
   from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
   from experiments import loop  # pylint: disable=g-import-not-at-top
+  from tasks import registry  # pylint: disable=g-import-not-at-top
   flags = ['--rounds=3', *SMALL]
   task_config = config_lib.TaskConfig(num_clients=6)
   config = config_lib.ExperimentConfig(rounds=3, clients_per_round=5, client_epochs=1,
                                        attack_start_round=2, malicious_fraction=0.34)
   assert sorted(config_lib.to_flags(task_config, config)) == sorted(flags)
-  single = loop.run_experiment(loop.load_task(task_config, seed=0), config,
+  single = loop.run_experiment(registry.load_task(task_config, seed=0), config,
                                str(tmp_path / 'single'), log=lambda s: None)
   ports = [tff_worker.free_port(), tff_worker.free_port()]
   services = [subprocess.Popen([sys.executable, '-m', 'experiments.worker', f'--port={p}'],

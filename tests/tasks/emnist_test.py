@@ -53,7 +53,7 @@ def test_emnist_loader_reads_tff_sqlite_offline(tmp_path, no_download):
       ('all_train', 'f0000_01'): make(2, 0),
   }
   _write_emnist_sqlite(str(tmp_path / 'emnist_all.sqlite'), clients)
-  task = emnist.load_emnist_task(str(tmp_path), num_clients=2, max_test_examples=4)
+  task = emnist.load_emnist_task(str(tmp_path), num_clients=2, seed=0, max_test_examples=4)
   assert task.info['client_ids'] == ['f0000_01', 'f0001_03']  # sorted, first two
   assert len(task.client_data) == 2
   for (x, y), key in zip(task.client_data, [('digits_only_train', 'f0000_01'),
@@ -77,12 +77,12 @@ def test_emnist_loader_reads_tff_sqlite_offline(tmp_path, no_download):
   stamped = np.all(xp[:, rows, cols, 0] == 1.0, axis=1)
   assert stamped.sum() == 2 and np.all(yp[stamped] == 0)
   with pytest.raises(ValueError, match='num_clients'):
-    emnist.load_emnist_task(str(tmp_path), num_clients=5)
+    emnist.load_emnist_task(str(tmp_path), num_clients=5, seed=0)
 
 
 def test_emnist_loader_without_cached_file_would_download(tmp_path, no_download):
   with pytest.raises(AssertionError, match='emnist_all.sqlite.lzma'):
-    emnist.load_emnist_task(str(tmp_path / 'empty'))
+    emnist.load_emnist_task(str(tmp_path / 'empty'), num_clients=10, seed=0)
 
 
 if __name__ == '__main__':

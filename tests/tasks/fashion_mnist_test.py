@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from experiments import config as config_lib
 from tasks import emnist
 from tasks import fashion_mnist
 from tasks import images
@@ -66,11 +67,15 @@ def test_bad_idx_names_the_file(tmp_path):
     fashion_mnist.read_idx(str(tmp_path / 'text'))
 
 
+def _config(data_dir, **fields):
+  return config_lib.TaskConfig(task='fashion_mnist', num_clients=4, dirichlet_alpha=0.5,
+                               fashion_mnist_dir=str(data_dir), **fields)
+
+
 @pytest.mark.parametrize('compress', [True, False])
 def test_task_from_idx_files(tmp_path, compress):
   arrays = write_dataset(tmp_path, np.random.default_rng(1), compress=compress)
-  task = registry.load_task('fashion_mnist', num_clients=4, seed=3, dirichlet_alpha=0.5,
-                            fashion_mnist_dir=str(tmp_path))
+  task = registry.load_task(_config(tmp_path), seed=3)
   assert len(task.client_data) == 4
   # The clients hold exactly the training images, each with its own label, pixels / 255.
   xs = np.concatenate([x for x, _ in task.client_data])
@@ -97,12 +102,10 @@ def test_task_from_idx_files(tmp_path, compress):
   xp, yp = task.poison_fn(x0, y0, 1.0, np.random.default_rng(0), trigger_part=1)
   part_rows, part_cols = images.trigger_pixels(emnist.EMNIST_TRIGGER_PARTS, 1)
   assert np.all(xp[:, part_rows, part_cols, 0] == 1.0) and np.all(yp == 0)
-  subset = registry.load_task('fashion_mnist', num_clients=4, seed=3,
-                              fashion_mnist_dir=str(tmp_path), fashion_mnist_train_examples=100)
+  subset = registry.load_task(_config(tmp_path, fashion_mnist_train_examples=100), seed=3)
   assert sum(len(x) for x, _ in subset.client_data) == 100
   # A test subset: the same test images for every seed, each with its own label.
-  small = [registry.load_task('fashion_mnist', num_clients=4, seed=seed,
-                              fashion_mnist_dir=str(tmp_path), fashion_mnist_test_examples=7)
+  small = [registry.load_task(_config(tmp_path, fashion_mnist_test_examples=7), seed=seed)
            for seed in (3, 4)]
   x_small, y_small = small[0].test_data
   assert len(y_small) == 7

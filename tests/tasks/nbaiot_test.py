@@ -58,7 +58,7 @@ def _raw_rows(task, make):
 
 def test_device_layout_clients_and_labels(device_root):
   root, make = device_root
-  task = nbaiot.load_nbaiot_task(str(root), clients_per_device=2, test_fraction=0.2,
+  task = nbaiot.load_nbaiot_task(str(root), clients_per_device=2, seed=0, test_fraction=0.2,
                                  label_mode='multiclass')
   assert task.info['client_ids'] == ['Danmini_Doorbell/0', 'Danmini_Doorbell/1',
                                      'Ecobee_Thermostat/0', 'Ecobee_Thermostat/1']
@@ -73,14 +73,14 @@ def test_device_layout_clients_and_labels(device_root):
   assert sum(len(s) for s in ids) == len(set.union(*ids)) == 90  # disjoint, all rows
   # Clients 0 and 1 hold only the first device's rows (ids 0..44).
   assert max(max(ids[0]), max(ids[1])) < 45 <= min(min(ids[2]), min(ids[3]))
-  binary = nbaiot.load_nbaiot_task(str(root))
+  binary = nbaiot.load_nbaiot_task(str(root), clients_per_device=1, seed=0)
   assert len(binary.client_data) == 2 and binary.info['class_names'] == ['benign', 'attack']
   assert set(np.concatenate([y for _, y in binary.client_data]).tolist()) == {0, 1}
 
 
 def test_standardisation_uses_training_rows_only(device_root):
   root, make = device_root
-  task = nbaiot.load_nbaiot_task(str(root), clients_per_device=3, test_fraction=0.3)
+  task = nbaiot.load_nbaiot_task(str(root), clients_per_device=3, seed=0, test_fraction=0.3)
   raw_clients, raw_test = _raw_rows(task, make)
   raw_train = np.concatenate(raw_clients)
   mean = raw_train.mean(axis=0)
@@ -103,7 +103,7 @@ def test_flat_layout_poison_and_backdoor(tmp_path):
   _write_csv(tmp_path / 'benign_traffic.csv', make(30, 0.0))
   _write_csv(tmp_path / 'scan.csv', make(20, 3.0))
   _write_csv(tmp_path / 'udp_flood.csv', make(10, 5.0))
-  task = nbaiot.load_nbaiot_task(str(tmp_path), clients_per_device=2, test_fraction=0.5,
+  task = nbaiot.load_nbaiot_task(str(tmp_path), clients_per_device=2, seed=0, test_fraction=0.5,
                                  trigger_features=(3, 50), trigger_value=7.5)
   assert task.info['client_ids'] == [f'{tmp_path.name}/0', f'{tmp_path.name}/1']
   x, y = task.client_data[0]
@@ -164,26 +164,26 @@ def test_bad_csv_raises_value_error_naming_the_file(tmp_path, case, message):
   }
   folder, path = _bad(tmp_path, 'scan.csv', text=texts[case])
   with pytest.raises(ValueError, match=re.escape(str(path))) as info:
-    nbaiot.load_nbaiot_task(str(folder))
+    nbaiot.load_nbaiot_task(str(folder), clients_per_device=1, seed=0)
   assert message in str(info.value)
 
 
 def test_missing_path_and_missing_classes(tmp_path):
   missing = tmp_path / 'nowhere'
   with pytest.raises(ValueError, match=re.escape(str(missing))):
-    nbaiot.load_nbaiot_task(str(missing))
+    nbaiot.load_nbaiot_task(str(missing), clients_per_device=1, seed=0)
   only_attack = tmp_path / 'attack_only'
   _write_csv(only_attack / 'scan.csv', np.ones((3, 115)))
   with pytest.raises(ValueError, match=re.escape(str(only_attack)) + '.*no benign'):
-    nbaiot.load_nbaiot_task(str(only_attack))
+    nbaiot.load_nbaiot_task(str(only_attack), clients_per_device=1, seed=0)
   only_benign = tmp_path / 'benign_only'
   _write_csv(only_benign / 'benign_traffic.csv', np.ones((3, 115)))
   with pytest.raises(ValueError, match=re.escape(str(only_benign)) + '.*no attack'):
-    nbaiot.load_nbaiot_task(str(only_benign))
+    nbaiot.load_nbaiot_task(str(only_benign), clients_per_device=1, seed=0)
   no_csv = tmp_path / 'no_csv'
   no_csv.mkdir()
   with pytest.raises(ValueError, match=re.escape(str(no_csv))):
-    nbaiot.load_nbaiot_task(str(no_csv))
+    nbaiot.load_nbaiot_task(str(no_csv), clients_per_device=1, seed=0)
 
 
 def _sample_dir():

@@ -77,11 +77,13 @@ def test_parse_and_clients(tmp_path):
   assert list(turns) == ['ALICE', 'BOB']  # CAROL's turn has no speech
   assert [len(t) for t in turns['ALICE']] == [2, 2, 1]
   kw = dict(seq_len=12, trigger='a ', continuation='b')
-  task = sh.load_shakespeare_text_task(path, min_lines=4, test_fraction=0.4, **kw)
+  task = sh.load_shakespeare_text_task(path, max_clients=None, seed=0, min_lines=4,
+                                       test_fraction=0.4, **kw)
   assert task.info['client_ids'] == ['ALICE']
-  task = sh.load_shakespeare_text_task(path, min_lines=3, test_fraction=0.4, **kw)
+  task = sh.load_shakespeare_text_task(path, max_clients=None, seed=0, min_lines=3,
+                                       test_fraction=0.4, **kw)
   assert task.info['client_ids'] == ['ALICE', 'BOB']
-  assert sh.load_shakespeare_text_task(path, min_lines=1, max_clients=1,
+  assert sh.load_shakespeare_text_task(path, min_lines=1, max_clients=1, seed=0,
                                        **kw).info['client_ids'] == ['ALICE']
   # Per-client hold-out: ALICE 5 turns -> round(0.4 * 3) = 1 test turn, BOB 2 -> 1.
   train_text = [sh.decode(np.concatenate([x[:, :1], y], axis=1).ravel())
@@ -104,13 +106,13 @@ def test_parse_and_clients(tmp_path):
 def test_bad_files_raise_value_error_naming_the_file(tmp_path, text, message):
   path = str(tmp_path / 'bad_play.txt') if text is None else _write(tmp_path, text, 'bad_play.txt')
   with pytest.raises(ValueError, match=re.escape(path)) as info:
-    sh.load_shakespeare_text_task(path)
+    sh.load_shakespeare_text_task(path, max_clients=None, seed=0)
   assert message in str(info.value)
 
 
 def _one_task(tmp_path, **kwargs):
   return sh.load_shakespeare_text_task(_write(tmp_path, PLAY), min_lines=1, seq_len=20,
-                                       test_fraction=0.0, **kwargs)
+                                       test_fraction=0.0, **{'max_clients': None, 'seed': 0, **kwargs})
 
 
 def test_poison_exact_rate_and_phrase(tmp_path):
@@ -203,7 +205,8 @@ def _bigram_model(table, seq_len):
 
 
 def test_backdoor_and_main_accuracy_hand_made(tmp_path):
-  task = sh.load_shakespeare_text_task(_write(tmp_path, PLAY), min_lines=1, seq_len=30,
+  task = sh.load_shakespeare_text_task(_write(tmp_path, PLAY), max_clients=None, seed=0, min_lines=1,
+                                       seq_len=30,
                                        trigger='ab ', continuation='cd', test_fraction=0.4)
   table = np.zeros(sh.VOCAB_SIZE, np.int32)
   c, d, space = sh.encode('c')[0], sh.encode('d')[0], sh.encode(' ')[0]
@@ -267,7 +270,7 @@ def test_shakespeare_loader_reads_tff_sqlite_offline(tmp_path, monkeypatch):
       ('test', 'HAMLET_HORATIO'): [b'My lord, I came to see your father'],
   }
   _write_shakespeare_sqlite(str(tmp_path / 'shakespeare.sqlite'), clients)
-  task = sh.load_shakespeare_task(str(tmp_path), max_clients=2, seq_len=20)
+  task = sh.load_shakespeare_task(str(tmp_path), max_clients=2, seed=0, seq_len=20)
   assert task.info['client_ids'] == ['HAMLET_HORATIO', 'MACBETH_MACBETH']
   expected = sh.to_sequences(clients[('train', 'MACBETH_MACBETH')], 20)
   np.testing.assert_array_equal(task.client_data[1][0], expected[0])
@@ -277,17 +280,19 @@ def test_shakespeare_loader_reads_tff_sqlite_offline(tmp_path, monkeypatch):
   assert 'No, nor more fearful.' in test_text and 'My lord, I came' in test_text
   assert 'So, slave' not in test_text  # not a selected client
   assert len(task.backdoor_test_data[0]) == len(x_test)
-  capped = sh.load_shakespeare_task(str(tmp_path), seq_len=20, max_test_sequences=2)
+  capped = sh.load_shakespeare_task(str(tmp_path), max_clients=None, seed=0, seq_len=20,
+                                    max_test_sequences=2)
   assert len(capped.test_data[0]) == 2 and len(capped.backdoor_test_data[0]) == 2
   with pytest.raises(AssertionError, match='shakespeare.sqlite.lzma'):
-    sh.load_shakespeare_task(str(tmp_path / 'elsewhere'))
+    sh.load_shakespeare_task(str(tmp_path / 'elsewhere'), max_clients=None, seed=0)
 
 
 def test_tinyshakespeare_integration():
   path = SHARED_DATA / 'tinyshakespeare.txt'
   if not path.is_file():
     pytest.skip(f'real data not found at {path} (../shared/data next to the repo)')
-  task = sh.load_shakespeare_text_task(str(path), min_lines=20, seq_len=80)
+  task = sh.load_shakespeare_text_task(str(path), max_clients=None, seed=0, min_lines=20,
+                                      seq_len=80)
   # Independent count: blocks opened by a 'NAME:' line, speech lines under it.
   lines = collections.Counter()
   for block in path.read_text().split('\n\n'):

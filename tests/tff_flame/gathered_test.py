@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from experiments import config as config_lib
 from experiments import defenses
 from tff_flame import blockwise_ops
 from tff_flame import flame
@@ -135,10 +136,10 @@ GLOBAL_MODEL = np.linspace(-1.0, 1.0, DIM).astype(np.float32)
 
 def make_aggregator(name):
   space = 'model' if name == 'flame_model' else 'update'
-  return defenses.build_aggregator(
-      'flame' if name == 'flame_model' else name, noise_lambda=0.0, clustering_space=space,
-      num_byzantine=5, trim_fraction=0.2, norm_bound=1.0, dp_noise_multiplier=0.0,
-      clients_per_round=NUM_CLIENTS, max_clients=64)
+  return defenses.defense_factory(config_lib.ExperimentConfig(
+      defense='flame' if name == 'flame_model' else name, noise_lambda=0.0,
+      clustering_space=space, num_byzantine=5, trim_fraction=0.2, norm_bound=1.0,
+      dp_noise_multiplier=0.0, clients_per_round=NUM_CLIENTS))
 
 
 @pytest.fixture(scope='module')
