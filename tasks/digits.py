@@ -72,5 +72,6 @@ def load_digits_task(*,
       model_fn=create_digits_cnn,
       poison_fn=images.make_poison_fn(trigger_parts, trigger_value, target_label),
       num_trigger_parts=len(trigger_parts),
+      trigger=images.input_trigger(trigger_parts, trigger_value, target_label, (8, 8, 1)),
       info=dict(num_classes=10, target_label=target_label, trigger_parts=trigger_parts,
                 trigger_value=trigger_value, dirichlet_alpha=dirichlet_alpha))

@@ -81,5 +81,6 @@ def load_emnist_task(cache_dir: Optional[str],
       model_fn=lambda: images.create_emnist_cnn(num_classes),
       poison_fn=images.make_poison_fn(trigger_parts, trigger_value, target_label),
       num_trigger_parts=len(trigger_parts),
+      trigger=images.input_trigger(trigger_parts, trigger_value, target_label, (28, 28, 1)),
       info=dict(num_classes=num_classes, target_label=target_label, client_ids=list(client_ids),
                 trigger_parts=trigger_parts, trigger_value=trigger_value))

@@ -132,6 +132,7 @@ def load_fashion_mnist_task(data_dir: str,
       model_fn=lambda: images.create_emnist_cnn(10),
       poison_fn=images.make_poison_fn(trigger_parts, trigger_value, target_label),
       num_trigger_parts=len(trigger_parts),
+      trigger=images.input_trigger(trigger_parts, trigger_value, target_label, (28, 28, 1)),
       info=dict(num_classes=10, class_names=CLASS_NAMES, target_label=target_label,
                 trigger_parts=trigger_parts, trigger_value=trigger_value,
                 dirichlet_alpha=dirichlet_alpha, files=paths))

@@ -65,16 +65,33 @@ def make_poison_fn(trigger_parts: TriggerParts, trigger_value: float, target_lab
   num_parts = len(trigger_parts)
 
   def poison_fn(x: np.ndarray, y: np.ndarray, rate: float, rng: np.random.Generator,
-                trigger_part: Optional[int] = None):
+                trigger_part: Optional[int] = None, trigger_values: Optional[np.ndarray] = None):
     task.check_trigger_part(trigger_part, num_parts)
     x = np.array(x, copy=True)
     y = np.array(y, copy=True)
     rows = task.choose_rows(np.arange(len(x)), rate, len(x), rng)
-    x[rows] = apply_trigger(x[rows], trigger_parts, trigger_value, trigger_part)
+    if trigger_values is None:
+      x[rows] = apply_trigger(x[rows], trigger_parts, trigger_value, trigger_part)
+    else:
+      if trigger_part is not None:
+        raise ValueError('trigger_values replace the whole trigger; pass no trigger_part.')
+      x[rows] = input_trigger(trigger_parts, trigger_value, target_label,
+                              x.shape[1:]).apply(x[rows], trigger_values)
     y[rows] = target_label
     return x, y
 
   return poison_fn
+
+
+def input_trigger(trigger_parts: TriggerParts, trigger_value: float, target_label: int,
+                  image_shape: tuple) -> task.InputTrigger:
+  """The whole pixel trigger as a `task.InputTrigger` over [H, W, C] images in [0, 1]."""
+  mask = np.zeros(image_shape, bool)
+  rows, cols = trigger_pixels(trigger_parts)
+  mask[rows, cols, :] = True
+  values = np.where(mask, np.float32(trigger_value), np.float32(0.0)).astype(np.float32)
+  return task.InputTrigger(mask=mask, values=values, target_label=int(target_label),
+                           value_range=(0.0, 1.0))
 
 
 def backdoor_test_set(x: np.ndarray, y: np.ndarray, trigger_parts: TriggerParts,

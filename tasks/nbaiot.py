@@ -146,17 +146,33 @@ def make_poison_fn(trigger_features: Sequence[int], trigger_value):
   """poison_fn: triggers round(rate * A) of the A attack rows, labels them benign."""
 
   def poison_fn(x: np.ndarray, y: np.ndarray, rate: float, rng: np.random.Generator,
-                trigger_part: Optional[int] = None):
+                trigger_part: Optional[int] = None, trigger_values: Optional[np.ndarray] = None):
     task.check_trigger_part(trigger_part, 1)
     x = np.array(x, copy=True)
     y = np.array(y, copy=True)
     attack_rows = np.flatnonzero(y != BENIGN_LABEL)
     rows = task.choose_rows(attack_rows, rate, len(attack_rows), rng)
-    x[rows] = apply_trigger(x[rows], trigger_features, trigger_value)
+    if trigger_values is None:
+      x[rows] = apply_trigger(x[rows], trigger_features, trigger_value)
+    else:
+      x[rows] = input_trigger(trigger_features, trigger_value, x.shape[1]).apply(
+          x[rows], trigger_values)
     y[rows] = BENIGN_LABEL
     return x, y
 
   return poison_fn
+
+
+def input_trigger(trigger_features: Sequence[int], trigger_value: float,
+                  num_features: int = NUM_FEATURES) -> task.InputTrigger:
+  """The feature trigger as a `task.InputTrigger` (target: benign); an optimised trigger
+  stays within +-|trigger_value| standard deviations."""
+  mask = np.zeros(num_features, bool)
+  mask[list(trigger_features)] = True
+  values = np.where(mask, np.float32(trigger_value), np.float32(0.0)).astype(np.float32)
+  bound = abs(float(trigger_value))
+  return task.InputTrigger(mask=mask, values=values, target_label=BENIGN_LABEL,
+                           value_range=(-bound, bound))
 
 
 def backdoor_test_set(x: np.ndarray, y: np.ndarray, trigger_features: Sequence[int],
@@ -236,6 +252,7 @@ def load_nbaiot_task(path: str,
       model_fn=lambda: create_mlp(num_classes),
       poison_fn=make_poison_fn(trigger_features, trigger_value),
       num_trigger_parts=1,
+      trigger=input_trigger(trigger_features, trigger_value, x_test.shape[1]),
       info=dict(num_classes=num_classes, class_names=class_names, client_ids=client_ids,
                 mean=mean, std=std, trigger_features=trigger_features,
                 trigger_value=trigger_value, path=str(path)))

@@ -14,6 +14,24 @@ import tensorflow as tf
 PAD_ID = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class InputTrigger:
+  """A trigger that overwrites input entries, x' = where(mask, values, x), and its target.
+
+  The task's own trigger is `values`; an attack that optimises its trigger
+  (A3FL) changes only the entries under `mask`, within `value_range`.
+  """
+  mask: np.ndarray  # bool, the shape of one input
+  values: np.ndarray  # float32, the same shape
+  target_label: int
+  value_range: tuple  # (low, high)
+
+  def apply(self, x: np.ndarray, values: Optional[np.ndarray] = None) -> np.ndarray:
+    """A copy of the inputs `x` [N, ...] with the trigger (`values`, default the task's) stamped."""
+    values = self.values if values is None else np.asarray(values, np.float32)
+    return np.where(self.mask, values, x).astype(np.asarray(x).dtype)
+
+
 @dataclasses.dataclass
 class Task:
   """A whole federated backdoor task: client data, test sets, model, poisoning and metrics.
@@ -31,6 +49,9 @@ class Task:
     num_trigger_parts: how many DBA parts the trigger splits into (1: none).
     backdoor_metric: metric(logits, y_target) -> BA; default
       `accuracy_from_logits` (per label).
+    trigger: the trigger as input entries, for tasks whose trigger is one
+      (images, N-BaIoT; None for text); `poison_fn` then also takes
+      `trigger_values` to stamp other values under the same mask.
     info: task-specific metadata (class names, client ids, vocabulary, ...).
   """
   name: str
@@ -41,15 +62,32 @@ class Task:
   poison_fn: Callable
   num_trigger_parts: int = 1
   backdoor_metric: Optional[Callable[[np.ndarray, np.ndarray], float]] = None
+  trigger: Optional[InputTrigger] = None
   info: dict = dataclasses.field(default_factory=dict)
 
   def main_accuracy(self, model: tf.keras.Model) -> float:
     """Main-task accuracy (MA) on `test_data`."""
     return accuracy(model, *self.test_data)
 
-  def backdoor_accuracy(self, model: tf.keras.Model) -> float:
-    """Backdoor accuracy (BA): how often triggered inputs get the target."""
-    return accuracy(model, *self.backdoor_test_data, metric=self.backdoor_metric)
+  def backdoor_accuracy(self, model: tf.keras.Model,
+                        trigger_values: Optional[np.ndarray] = None) -> float:
+    """Backdoor accuracy (BA): how often triggered inputs get the target.
+
+    With `trigger_values` (an attack's own trigger under the task's mask), on the
+    same test inputs stamped with those values.
+    """
+    data = (self.backdoor_test_data if trigger_values is None else
+            self.backdoor_test_data_for(trigger_values))
+    return accuracy(model, *data, metric=self.backdoor_metric)
+
+  def backdoor_test_data_for(self, trigger_values: np.ndarray) -> tuple:
+    """The test inputs whose label is not the target, stamped with `trigger_values`."""
+    if self.trigger is None:
+      raise ValueError(f'task {self.name} has no input trigger whose values could change.')
+    x, y = self.test_data
+    keep = np.asarray(y) != self.trigger.target_label
+    return (self.trigger.apply(x[keep], trigger_values),
+            np.full(int(keep.sum()), self.trigger.target_label, dtype=np.int32))
 
 
 def predict_logits(model: tf.keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
