@@ -7,7 +7,7 @@ and malicious clients run one TFF computation.
 """
 
 import collections
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +30,10 @@ def build_client_work(keras_model_fn: Callable[[], tf.keras.Model], element_spec
                       ) -> tff.learning.templates.ClientWorkProcess:
   """Local SGD for every client, with `attack`'s hooks for clients flagged malicious.
 
+  For an attack that `sends_crafted_updates`, each client's data is
+  `crafted_client_data(...)`: a client given a crafted update sends it (flagged
+  malicious) in place of what it trained.
+
   Args:
     keras_model_fn: returns a fresh Keras model with logits output.
     element_spec: the client datasets' element spec, `(x, y, is_malicious)`.
@@ -44,9 +48,18 @@ def build_client_work(keras_model_fn: Callable[[], tf.keras.Model], element_spec
 
   weights_type = tff.tensorflow.computation(model_weights_fn).type_signature.result
   data_type = tff.SequenceType(tff.types.tensorflow_to_type(element_spec))
+  sends_crafted = attack.sends_crafted_updates
+  if sends_crafted:
+    # (dataset, a one-element dataset of (crafted update, use it)): see
+    # `crafted_client_data`. Client data must be sequences for TFF's client work.
+    crafted_type = tff.SequenceType(tff.StructWithPythonType(
+        [tff.StructWithPythonType(list(weights_type.trainable), tuple),
+         tff.TensorType(np.bool_)], tuple))
+    data_type = tff.StructWithPythonType([data_type, crafted_type], tuple)
 
   @tff.tensorflow.computation(weights_type, data_type)
-  def client_update(weights, dataset):
+  def client_update(weights, data):
+    dataset = data[0] if sends_crafted else data
     model = keras_model_fn()
 
     @tf.function
@@ -78,6 +91,11 @@ def build_client_work(keras_model_fn: Callable[[], tf.keras.Model], element_spec
 
     update, flag, num_examples, loss_sum = train(weights.trainable, weights.non_trainable,
                                                  dataset)
+    if sends_crafted:
+      crafted, use_crafted = data[1].reduce(
+          (tuple(tf.zeros_like(u) for u in update), tf.constant(False)), lambda _, sent: sent)
+      update = [tf.where(use_crafted, tf.cast(c, u.dtype), u) for c, u in zip(crafted, update)]
+      flag = tf.maximum(flag, tf.cast(use_crafted, tf.int32))
     result = tff.learning.templates.ClientResult(update=(update, flag), update_weight=1.0)
     stats = collections.OrderedDict(num_examples=num_examples, loss_sum=loss_sum,
                                     num_malicious=flag)
@@ -96,6 +114,17 @@ def build_client_work(keras_model_fn: Callable[[], tf.keras.Model], element_spec
     return tff.templates.MeasuredProcessOutput(state, outputs[0], stats)
 
   return tff.learning.templates.ClientWorkProcess(init_fn, next_fn)
+
+
+def crafted_client_data(dataset: tf.data.Dataset, trainable_like: list,
+                        crafted_update: Optional[list] = None) -> tuple:
+  """A client's data for a crafted attack's client work: its dataset, and the update it
+  sends instead of training (`crafted_update`, in TFF's sign G - W), or zeros and False."""
+  if crafted_update is None:
+    sent = (tuple(np.zeros(np.shape(w), np.float32) for w in trainable_like), False)
+  else:
+    sent = (tuple(np.asarray(u, np.float32) for u in crafted_update), True)
+  return (dataset, tf.data.Dataset.from_tensors(sent))
 
 
 def flagged_dataset(x: np.ndarray, y: np.ndarray, malicious: bool) -> tf.data.Dataset:

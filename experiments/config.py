@@ -85,6 +85,9 @@ class ExperimentConfig:
                                         lower=1e-9, default_text='model replacement')
   pgd_radius: float = param(1.0, 'pgd, pgd_scaled: L2 radius around the global model',
                             lower=1e-9)
+  radius_fraction: float = param(0.7, 'stay_small, neurotoxin: PGD radius as a fraction of the '
+                                 "norm of the attacker's own clean update (its estimate of "
+                                 "FLAME's clipping bound S_t)", lower=1e-9)
   client_epochs: int = param(3, 'local epochs', lower=1)
   batch_size: int = param(20, 'client batch size', lower=1)
   client_learning_rate: float = param(0.1, 'client SGD learning rate', lower=0.0)

@@ -23,6 +23,7 @@ import tensorflow_federated as tff
 
 from experiments import attacks
 from experiments import client_work
+from experiments.attacks import crafted
 from experiments import defenses
 from experiments import plots
 from experiments.config import ExperimentConfig
@@ -64,14 +65,14 @@ def build_process(task, config: ExperimentConfig) -> tff.learning.templates.Lear
 
 
 def round_datasets(task, client_ids, malicious_ids, round_num: int,
-                   config: ExperimentConfig) -> list:
+                   config: ExperimentConfig, attack=None) -> list:
   """The round's `(x, y, is_malicious)` datasets; attacking clients poison theirs.
 
-  The attack decides which trigger part the k-th malicious client of the
-  population stamps (DBA: k mod num_trigger_parts).
+  The attack (default: the configured one) decides which trigger part the k-th
+  malicious client of the population stamps (DBA: k mod num_trigger_parts).
   """
   malicious_ids = list(malicious_ids)
-  attack = attacks.build_attack(config)
+  attack = attacks.build_attack(config) if attack is None else attack
   attacking = config.attacking(round_num) and attack.poisons_data
   datasets = []
   for cid in client_ids:
@@ -81,10 +82,44 @@ def round_datasets(task, client_ids, malicious_ids, round_num: int,
       rng = np.random.default_rng([config.seed, round_num, int(cid)])
       part = attack.trigger_part(malicious_ids.index(cid), task.num_trigger_parts)
       x, y = task.poison_fn(x, y, config.data_poisoning_rate, rng, trigger_part=part)
-    datasets.append(client_work.flagged_dataset(x, y, is_attacker)
-                    .shuffle(len(x), seed=config.seed + round_num)
-                    .repeat(config.client_epochs).batch(config.batch_size))
+    datasets.append(_client_dataset(x, y, is_attacker, round_num, config))
   return datasets
+
+
+def _client_dataset(x, y, malicious: bool, round_num: int, config: ExperimentConfig):
+  """A client's `(x, y, is_malicious)` batches: `client_epochs` shuffled passes."""
+  return (client_work.flagged_dataset(x, y, malicious)
+          .shuffle(max(len(x), 1), seed=config.seed + round_num)
+          .repeat(config.client_epochs).batch(config.batch_size))
+
+
+def crafted_round_data(task, client_ids, malicious_ids, round_num: int, config: ExperimentConfig,
+                       attack: crafted.CraftedAttack, global_weights: list) -> list:
+  """The round's client data for a crafted attack (`client_work.crafted_client_data`).
+
+  In an attack round the round's malicious clients send what `attack.craft`
+  returns, from what they know (`crafted.AttackerView`: G, their own data);
+  every other client trains on its own data.
+  """
+  malicious_ids = list(malicious_ids)
+  attackers = [c for c in client_ids if c in malicious_ids] if config.attacking(round_num) else []
+  updates = {}
+  if attackers:
+    view = crafted.AttackerView(
+        round_num=round_num, global_weights=[np.asarray(w) for w in global_weights],
+        data={c: task.client_data[c] for c in attackers},
+        attacker_index={c: malicious_ids.index(c) for c in attackers},
+        model_fn=task.model_fn, poison_fn=task.poison_fn, trigger=task.trigger, config=config,
+        rng=np.random.default_rng([config.seed, round_num, 7]))
+    updates = attack.craft(view)
+  data = []
+  for cid in client_ids:
+    x, y = task.client_data[cid]
+    if cid in updates:
+      x, y = x[:0], y[:0]  # it sends its crafted update and trains on nothing
+    data.append(client_work.crafted_client_data(
+        _client_dataset(x, y, False, round_num, config), global_weights, updates.get(cid)))
+  return data
 
 
 class OutputDirError(ValueError):
@@ -99,7 +134,9 @@ METRICS_CSV = 'metrics.csv'
 TENSORBOARD_DIR = 'tensorboard'
 SUMMARY = 'summary.json'
 PLOT = 'metrics.png'
-OUTPUTS = (CHECKPOINT_DIR, RUN_CONFIG, ROUNDS_JSONL, METRICS_CSV, TENSORBOARD_DIR, SUMMARY, PLOT)
+ATTACK_STATE_DIR = 'attack_state'
+OUTPUTS = (CHECKPOINT_DIR, RUN_CONFIG, ROUNDS_JSONL, METRICS_CSV, TENSORBOARD_DIR, SUMMARY, PLOT,
+           ATTACK_STATE_DIR)
 
 
 def run_identity(task, config: ExperimentConfig, task_config=None) -> dict:
@@ -234,16 +271,67 @@ class _RoundReleaseManager(tff.program.ReleaseManager):
               f"malicious {int(row['num_malicious'])}/{config.clients_per_round}{admitted}")
 
 
-class _StartingFrom:
-  """The learning process, but its initial state holds `weights` (a pretrained model)."""
+class _Rounds:
+  """The learning process as `run_training_process` drives it, one round at a time.
 
-  def __init__(self, process: tff.learning.templates.LearningProcess, weights):
+  `next(state, round_num)` samples the round's clients and builds their data
+  from the state (a crafted attack reads G there), and after a crafted
+  attack's round saves what the attackers remember (`attack_state/`); the
+  initial state holds the pretrained model when there is one.
+  """
+
+  def __init__(self, process, task, config: ExperimentConfig, attack, output_dir: str,
+               initial_weights=None):
     self._process = process
-    self._weights = weights
-    self.next = process.next
+    self._task = task
+    self._config = config
+    self._attack = attack
+    self._output_dir = output_dir
+    self._initial_weights = initial_weights
+    num_clients = len(task.client_data)
+    self._sample = client_sampler(num_clients, config)
+    self._malicious = malicious_clients(num_clients, config.malicious_fraction,
+                                        config.seed).tolist()
 
   def initialize(self):
-    return self._process.set_model_weights(self._process.initialize(), self._weights)
+    state = self._process.initialize()
+    if self._initial_weights is not None:
+      state = self._process.set_model_weights(state, self._initial_weights)
+    return state
+
+  def next(self, state, round_num: int):
+    client_ids = self._sample(round_num)
+    if not self._attack.sends_crafted_updates:
+      return self._process.next(state, round_datasets(
+          self._task, client_ids, self._malicious, round_num, self._config, self._attack))
+    weights = self._process.get_model_weights(state).trainable
+    output = self._process.next(state, crafted_round_data(
+        self._task, client_ids, self._malicious, round_num, self._config, self._attack, weights))
+    save_attack_state(self._output_dir, round_num, self._attack.state())
+    return output
+
+
+def _attack_state_path(output_dir: str, round_num: int) -> str:
+  return os.path.join(output_dir, ATTACK_STATE_DIR, f'round_{round_num}.json')
+
+
+def save_attack_state(output_dir: str, round_num: int, state: dict) -> None:
+  """What a crafted attack's attackers remember after `round_num` (written atomically)."""
+  path = _attack_state_path(output_dir, round_num)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(state, f)
+  os.replace(path + '.tmp', path)
+
+
+def load_attack_state(output_dir: str, round_num: int) -> dict:
+  """The attack state saved after `round_num`; OutputDirError if a resumed run lacks it."""
+  path = _attack_state_path(output_dir, round_num)
+  if not os.path.exists(path):
+    raise OutputDirError(f'--output_dir={output_dir} has a checkpoint after round {round_num} '
+                         f'but not the attack state {path}; pass --fresh to start over.')
+  with open(path) as f:
+    return json.load(f)
 
 
 def client_sampler(num_clients: int, config: ExperimentConfig) -> Callable[[int], list]:
@@ -289,13 +377,15 @@ def run_experiment(task, config: ExperimentConfig, output_dir: str,
                          'start over or a larger --rounds to continue it.')
   malicious = malicious_clients(num_clients, config.malicious_fraction, config.seed).tolist()
   process = build_process(task, config)
-  sample = client_sampler(num_clients, config)
+  attack = attacks.build_attack(config)
+  if attack.sends_crafted_updates and last_saved:
+    attack.restore(load_attack_state(output_dir, last_saved))
   keras_model = task.model_fn()
 
   def evaluate(state, unused_data):
     process.get_model_weights(state).assign_weights_to(keras_model)
     return dict(main_accuracy=task.main_accuracy(keras_model),
-                backdoor_accuracy=task.backdoor_accuracy(keras_model))
+                backdoor_accuracy=task.backdoor_accuracy(keras_model, attack.trigger_values()))
 
   jsonl = _JsonLinesReleaseManager(os.path.join(output_dir, ROUNDS_JSONL))
   recorder = _RoundReleaseManager(config, [
@@ -306,8 +396,9 @@ def run_experiment(task, config: ExperimentConfig, output_dir: str,
     log(f'continuing {output_dir} after round {last_saved} (--fresh starts over)')
   start = time.monotonic()
   tff.simulation.run_training_process(
-      process if pretrained is None else _StartingFrom(process, pretrained.weights),
-      lambda r: round_datasets(task, sample(r), malicious, r, config), config.rounds,
+      _Rounds(process, task, config, attack, output_dir,
+              None if pretrained is None else pretrained.weights),
+      lambda round_num: round_num, config.rounds,
       evaluation_fn=evaluate, evaluation_selection_fn=lambda r: None,
       program_state_manager=state_manager, metrics_managers=[recorder])
   rows = [r for r in jsonl.rows if r['round'] <= config.rounds]

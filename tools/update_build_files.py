@@ -24,8 +24,9 @@ THIRD = {'numpy': 'numpy', 'tensorflow': 'tensorflow', 'tensorflow_federated': '
          'matplotlib': 'matplotlib', 'pandas': 'pandas', 'scipy': 'scipy', 'psutil': 'psutil'}
 files = sorted(p for pkg in PACKAGES for p in (REPO / pkg).glob('**/*.py') if '.venv' not in p.parts)
 modules = {p.relative_to(REPO).as_posix()[:-3].replace('/', '.').removesuffix('.__init__'): p for p in files}
-# tests dir modules importable by basename (conftest, oracles)
-test_basenames = {'conftest': 'tests.conftest', 'oracles': 'tests.oracles'}
+# tests dir modules importable by basename (conftest, oracles, attack_views)
+test_basenames = {'conftest': 'tests.conftest', 'oracles': 'tests.oracles',
+                  'attack_views': 'tests.attack_views'}
 
 def label_of(mod):
   p = modules[mod]

@@ -53,6 +53,9 @@ def default_scale(config) -> float:
 class Attack:
   """No attack: benign training. Subclasses override the hooks they need."""
   poisons_data = False
+  # Whether the round's malicious clients send updates the harness crafted
+  # (`crafted.CraftedAttack`) instead of running these hooks.
+  sends_crafted_updates = False
 
   def trigger_part(self, attacker_index: int, num_parts: int) -> Optional[int]:
     """Which trigger part the attacker with this index stamps (None: the whole trigger)."""
@@ -73,3 +76,7 @@ class Attack:
     """The factor on the client's final update."""
     del malicious
     return tf.constant(1.0)
+
+  def trigger_values(self):
+    """The trigger values BA is measured with (None: the task's own trigger)."""
+    return None

@@ -78,11 +78,11 @@ def test_run_writes_every_round_and_the_summary(task, tmp_path):
 def test_a_crash_keeps_the_finished_rounds_and_the_run_continues(task, tmp_path):
   calls = []
 
-  def failing_backdoor_accuracy(model):
+  def failing_backdoor_accuracy(model, trigger_values=None):
     calls.append(1)
     if len(calls) == 3:  # The initial model (round 0), round 1, then round 2 fails.
       raise RuntimeError('evaluation died')
-    return task.backdoor_accuracy(model)
+    return task.backdoor_accuracy(model, trigger_values)
 
   broken = dataclasses.replace(task)
   object.__setattr__(broken, 'backdoor_accuracy', failing_backdoor_accuracy)
