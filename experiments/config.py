@@ -88,6 +88,9 @@ class ExperimentConfig:
   radius_fraction: float = param(0.7, 'stay_small, neurotoxin: PGD radius as a fraction of the '
                                  "norm of the attacker's own clean update (its estimate of "
                                  "FLAME's clipping bound S_t)", lower=1e-9)
+  neurotoxin_keep: float = param(0.9, 'neurotoxin: share of coordinates (smallest benign '
+                                 'gradient at G) the poisoned training may change', lower=1e-6,
+                                 upper=1.0)
   client_epochs: int = param(3, 'local epochs', lower=1)
   batch_size: int = param(20, 'client batch size', lower=1)
   client_learning_rate: float = param(0.1, 'client SGD learning rate', lower=0.0)

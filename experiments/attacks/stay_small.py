@@ -36,14 +36,20 @@ class StaySmall(crafted.CraftedAttack):
     x, y = view.data[client_id]
     return crafted.norm(self.trainer(view).update(view.global_weights, x, y, view.rng))
 
+  def gradient_mask(self, view: crafted.AttackerView, client_id: int):
+    """Arrays multiplied into every poisoned gradient (None: none; Neurotoxin's mask)."""
+    del view, client_id
+    return None
+
   def craft(self, view):
     updates = {}
     self.bounds = {c: self.expected_bound(view, c) for c in view.data}
     for client_id in view.data:
       radius = self.radius_fraction * self.bounds[client_id]
+      mask = self.gradient_mask(view, client_id)
       x, y = view.poisoned(client_id)
       updates[client_id] = self.trainer(view).update(
-          view.global_weights, x, y, view.rng,
+          view.global_weights, x, y, view.rng, gradient_mask=mask,
           after_step=crafted.ball_projection(view.global_weights, radius))
     return updates
 
