@@ -91,6 +91,14 @@ class ExperimentConfig:
   neurotoxin_keep: float = param(0.9, 'neurotoxin: share of coordinates (smallest benign '
                                  'gradient at G) the poisoned training may change', lower=1e-6,
                                  upper=1.0)
+  a3fl_trigger_epochs: int = param(10, "a3fl: epochs of trigger optimisation over the attackers' "
+                                   'pooled data before each attack round', lower=1)
+  a3fl_adversarial_epochs: int = param(5, 'a3fl: epochs the copy of G that unlearns the trigger '
+                                       'is trained', lower=1)
+  a3fl_adversarial_weight: float = param(0.01, "a3fl: weight of the unlearning copy's loss in "
+                                         "the trigger's objective", lower=0.0)
+  a3fl_trigger_step: float = param(0.01, 'a3fl: signed-gradient step on the trigger values',
+                                   lower=1e-9)
   client_epochs: int = param(3, 'local epochs', lower=1)
   batch_size: int = param(20, 'client batch size', lower=1)
   client_learning_rate: float = param(0.1, 'client SGD learning rate', lower=0.0)

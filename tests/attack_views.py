@@ -20,6 +20,14 @@ def initial_weights(task, seed: int = 0) -> list:
   return [w.numpy() for w in task.model_fn().trainable_variables]
 
 
+def trained_weights(task, epochs: int = 3) -> list:
+  """G after a few epochs of clean training on every client's data (what attacks face)."""
+  x = np.concatenate([x for x, _ in task.client_data])
+  y = np.concatenate([y for _, y in task.client_data])
+  trainer = crafted.LocalTrainer(task.model_fn, 0.1, epochs, 20)
+  return trainer.train(initial_weights(task), x, y, np.random.default_rng(0))
+
+
 def view(task, config: config_lib.ExperimentConfig, weights=None, attackers=ATTACKERS,
          round_num: int = 1, seed: int = 0) -> crafted.AttackerView:
   weights = initial_weights(task) if weights is None else weights

@@ -7,6 +7,7 @@ order of the flag's help and the docs' table.
 from experiments.attacks import classic  # pylint: disable=unused-import
 from experiments.attacks import stay_small  # pylint: disable=unused-import
 from experiments.attacks import neurotoxin  # pylint: disable=unused-import
+from experiments.attacks import a3fl  # pylint: disable=unused-import
 from experiments.attacks.base import Attack
 from experiments.attacks.registry import build_attack
 from experiments.attacks.registry import names
