@@ -99,6 +99,8 @@ class ExperimentConfig:
                                          "the trigger's objective", lower=0.0)
   a3fl_trigger_step: float = param(0.01, 'a3fl: signed-gradient step on the trigger values',
                                    lower=1e-9)
+  ditl_max_lambda: float = param(2.0, 'defense_in_the_loop: the largest weight on the backdoor '
+                                 'update it tries (above 1 it is boosted)', lower=1e-9)
   client_epochs: int = param(3, 'local epochs', lower=1)
   batch_size: int = param(20, 'client batch size', lower=1)
   client_learning_rate: float = param(0.1, 'client SGD learning rate', lower=0.0)

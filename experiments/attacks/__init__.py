@@ -9,6 +9,7 @@ from experiments.attacks import stay_small  # pylint: disable=unused-import
 from experiments.attacks import neurotoxin  # pylint: disable=unused-import
 from experiments.attacks import a3fl  # pylint: disable=unused-import
 from experiments.attacks import three_d_fed  # pylint: disable=unused-import
+from experiments.attacks import defense_in_the_loop  # pylint: disable=unused-import
 from experiments.attacks.base import Attack
 from experiments.attacks.registry import build_attack
 from experiments.attacks.registry import names
