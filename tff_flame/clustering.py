@@ -327,24 +327,3 @@ def hdbscan_labels(distances, min_cluster_size: IntLike, min_samples: IntLike = 
       n >= 2,
       lambda: _labels_for_two_or_more(distances, min_cluster_size, min_samples),
       lambda: -tf.ones([n], tf.int32))
-
-
-def hdbscan_labels_py_function(distances, min_cluster_size: IntLike,
-                               min_samples: IntLike = 1) -> tf.Tensor:
-  """The `hdbscan` package's labels through `tf.py_function` (imported lazily).
-
-  Only for TF running in the Python process (eager code, a `tf.function`
-  called directly); TFF's C++ worker cannot run it.
-  """
-  def call(d, m, s):
-    import hdbscan  # pylint: disable=g-import-not-at-top
-    d = d.numpy()
-    if d.shape[0] < 2:
-      return -np.ones(d.shape[0], np.int32)
-    clusterer = hdbscan.HDBSCAN(metric='precomputed', min_cluster_size=int(m.numpy()),
-                                min_samples=int(s.numpy()), allow_single_cluster=True)
-    return clusterer.fit(d).labels_.astype(np.int32)
-  labels = tf.py_function(call, [tf.cast(tf.convert_to_tensor(distances), tf.float64),
-                                 min_cluster_size, min_samples], tf.int32)
-  labels.set_shape([None])
-  return labels
