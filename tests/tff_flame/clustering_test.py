@@ -11,6 +11,8 @@ from hdbscan._hdbscan_linkage import label, mst_linkage_core
 from hdbscan._hdbscan_reachability import mutual_reachability
 from hdbscan.hdbscan_ import _tree_to_labels
 
+from oracles import cosine_distances_numpy as cosine
+from oracles import euclidean_distances_numpy as euclidean
 from oracles import hdbscan_labels_numpy
 from oracles import hdbscan_labels_py_function
 from tff_flame import clustering
@@ -38,18 +40,6 @@ def package_labels_stable_sort(d, min_cluster_size, min_samples):
   tree = tree[np.argsort(tree.T[2], kind='stable')]
   with np.errstate(all='ignore'):
     return _tree_to_labels(None, label(tree), min_cluster_size, allow_single_cluster=True)[0]
-
-
-def euclidean(x):
-  return np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
-
-
-def cosine(x):
-  unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-  d = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
-  d = 0.5 * (d + d.T)
-  np.fill_diagonal(d, 0.0)
-  return d
 
 
 def random_case(rng, kind):
