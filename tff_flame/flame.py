@@ -68,7 +68,7 @@ def default_min_cluster_size(num_clients: tf.Tensor) -> tf.Tensor:
 
 def cluster_from_distances(distances: tf.Tensor, finite: tf.Tensor,
                            min_cluster_size: tf.Tensor, min_samples: int = 1,
-                           labels_fn=clustering.hdbscan_labels):
+                           labels_fn=clustering.hdbscan_labels) -> tuple:
   """HDBSCAN labels of the finite rows from the [n, n] distances; -1 for the others.
 
   Returns (labels [n], admitted [n] bool). Admitted clients are the largest
@@ -104,7 +104,8 @@ def distances_from_gram(gram: tf.Tensor, distance: str) -> tf.Tensor:
   return tf.sqrt(blockwise_ops.squared_distances_from_gram(gram))
 
 
-def client_distances(blocks, distance: str, global_model: Optional[tf.Tensor] = None):
+def client_distances(blocks, distance: str,
+                     global_model: Optional[tf.Tensor] = None) -> tuple:
   """(distances [n, n], norms [n], finite [n]) of the clients, in one pass over the blocks.
 
   Distances are between the updates, or with `global_model` and cosine between
@@ -138,7 +139,7 @@ def clipped_mean(blocks, norms: tf.Tensor, bound: tf.Tensor, admitted: tf.Tensor
 
 
 def add_noise(mean: tf.Tensor, bound: tf.Tensor, noise_lambda: float, noise_seed: tf.Tensor,
-              fallback: tf.Tensor):
+              fallback: tf.Tensor) -> tuple:
   """(mean + N(0, sigma^2) per coordinate, sigma) with sigma = lambda * S_t; (0, 0) on fallback.
 
   The noise is drawn in float64 by `tf.random.stateless_normal` from `noise_seed` (int [2]).
@@ -149,8 +150,9 @@ def add_noise(mean: tf.Tensor, bound: tf.Tensor, noise_lambda: float, noise_seed
   return aggregate, tf.where(fallback, tf.constant(0.0, tf.float64), sigma)
 
 
-def flame_measurements(finite, admitted, labels, norms, bound, sigma,
-                       fallback) -> collections.OrderedDict:
+def flame_measurements(finite: tf.Tensor, admitted: tf.Tensor, labels: tf.Tensor,
+                       norms: tf.Tensor, bound: tf.Tensor, sigma: tf.Tensor,
+                       fallback: tf.Tensor) -> collections.OrderedDict:
   """FLAME's measurements: the common ones, then cluster_labels, update_norms,
   clipping_bound (S_t), noise_stddev (sigma) and fallback (0/1)."""
   return measurements_lib.admission_measurements(
@@ -165,7 +167,7 @@ def flame_round_blocks(blocks,
                        min_samples: int = 1,
                        global_model: Optional[tf.Tensor] = None,
                        labels_fn=clustering.hdbscan_labels,
-                       distance: Optional[str] = None):
+                       distance: Optional[str] = None) -> tuple:
   """One FLAME round on the updates held as G row blocks [m_g, d] (float32), never as [n, d].
 
   Args:

@@ -11,7 +11,7 @@ bounding, weak DP).
 """
 
 import collections
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -24,7 +24,7 @@ from tff_flame import measurements as measurements_lib
 from tff_flame import stacked_ops
 
 
-def krum_scores_from_distances(d: tf.Tensor, num_byzantine: int):
+def krum_scores_from_distances(d: tf.Tensor, num_byzantine: int) -> tuple:
   """Krum scores from [m, m] squared distances: sum over the n - f - 2 nearest other rows.
 
   Returns (scores [m], neighbours used, assumption_holds) where the
@@ -49,7 +49,7 @@ def krum_selection(scores: tf.Tensor, num_byzantine: int,
   return tf.argsort(scores, stable=True)[:tf.minimum(select, m)]
 
 
-def krum_round_blocks(blocks, num_byzantine: int, num_selected: Optional[int] = None):
+def krum_round_blocks(blocks, num_byzantine: int, num_selected: Optional[int] = None) -> tuple:
   """Krum (`num_selected=1`) or Multi-Krum (None: n - f) on the updates held as G row blocks.
 
   The mean of the selected finite updates, by `krum_scores_from_distances`
@@ -79,7 +79,7 @@ def krum_round_blocks(blocks, num_byzantine: int, num_selected: Optional[int] = 
   return aggregate, measurements
 
 
-def coordinate_round_blocks(blocks, statistic):
+def coordinate_round_blocks(blocks, statistic: Callable[[tf.Tensor], tf.Tensor]) -> tuple:
   """A per-coordinate `statistic` over the finite updates held as G row blocks.
 
   The usable rows are concatenated once, then `statistic` ([m, d] -> [d]);
@@ -177,7 +177,7 @@ def foolsgold_weights_from_cosine(cosine: tf.Tensor, kappa: float = 1.0) -> tf.T
   return tf.clip_by_value(logit, 0.0, 1.0)
 
 
-def foolsgold_round_blocks(blocks, kappa: float = 1.0):
+def foolsgold_round_blocks(blocks, kappa: float = 1.0) -> tuple:
   """FoolsGold's weighted mean of the finite updates held as G row blocks, with this
   round's updates as the histories.
 
