@@ -6,7 +6,7 @@ id 0, so the same `accuracy` serves main and backdoor accuracy of every task.
 """
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -157,11 +157,3 @@ def check_trigger_part(trigger_part: Optional[int], num_parts: int) -> None:
                                        0 <= trigger_part < num_parts):
     raise ValueError(f'trigger_part must be None or an int in [0, {num_parts}), got {trigger_part!r}.')
 
-
-def summary(task: Task) -> dict:
-  """Sizes of a task's data, for logs."""
-  sizes = [len(x) for x, _ in task.client_data]
-  result: dict[str, Any] = dict(
-      name=task.name, num_clients=len(sizes), client_sizes=sizes,
-      num_test=len(task.test_data[0]), num_backdoor_test=len(task.backdoor_test_data[0]))
-  return result

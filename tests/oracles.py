@@ -1,7 +1,17 @@
-"""Test oracles: the `hdbscan` package's labels and a NumPy + `hdbscan` FLAME round."""
+"""Test oracles, independent of the library: every defense's round in NumPy (float64) and the
+`hdbscan` package.
+
+Each `*_round_numpy` returns (aggregate [d] float64, measurements dict) with the
+library's measurement keys, so a test compares every key. A client counts
+(is "usable") when its entries are finite and float32 can hold its L2 norm,
+the library's rule (README, "Edge cases"); the others are never admitted.
+"""
 
 import hdbscan
 import numpy as np
+import tensorflow as tf
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def hdbscan_labels_numpy(distances: np.ndarray, min_cluster_size: int,
@@ -15,40 +25,180 @@ def hdbscan_labels_numpy(distances: np.ndarray, min_cluster_size: int,
   return clusterer.fit(distances).labels_.astype(np.int32)
 
 
-def flame_round_numpy(updates, min_cluster_size=None, reference=None, distance=None):
-  """Returns (noiseless aggregate, admitted mask, S_t) for [n, d] updates.
+def hdbscan_labels_py_function(distances, min_cluster_size, min_samples=1) -> tf.Tensor:
+  """`hdbscan_labels_numpy` as a TF op through `tf.py_function`.
 
-  distance: 'cosine' or 'euclidean'; None = cosine with a reference (models),
-  Euclidean without (updates), as FLAME's defaults.
+  Only for TF running in the Python process (eager code, a `tf.function`
+  called directly); TFF's C++ worker cannot run it.
+  """
+  def call(d, m, s):
+    return hdbscan_labels_numpy(d.numpy(), int(m.numpy()), int(s.numpy()))
+  labels = tf.py_function(call, [tf.cast(tf.convert_to_tensor(distances), tf.float64),
+                                 min_cluster_size, min_samples], tf.int32)
+  labels.set_shape([None])
+  return labels
+
+
+def usable_rows(updates) -> np.ndarray:
+  """bool [n]: rows with finite entries whose L2 norm (float64) is at most float32's max."""
+  x = np.asarray(updates, np.float64)
+  finite = np.isfinite(x).all(axis=1)
+  norms = np.linalg.norm(np.where(finite[:, None], x, 0.0), axis=1)
+  return finite & (norms <= FLOAT32_MAX)
+
+
+def cosine_distances_numpy(points) -> np.ndarray:
+  """1 - cos between rows via unit vectors; a zero row has distance 1 to every other row."""
+  p = np.asarray(points, np.float64)
+  norms = np.linalg.norm(p, axis=1, keepdims=True)
+  unit = p / np.where(norms > 0, norms, 1.0)
+  d = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
+  d = 0.5 * (d + d.T)
+  np.fill_diagonal(d, 0.0)
+  return d
+
+
+def euclidean_distances_numpy(points) -> np.ndarray:
+  """Pairwise L2 distances from the differences directly, not through a Gram matrix."""
+  p = np.asarray(points, np.float64)
+  return np.linalg.norm(p[:, None, :] - p[None, :, :], axis=2)
+
+
+def _measurements(usable, admitted, **own):
+  """The measurements every defense reports, then the defense's own."""
+  return dict(num_clients=len(usable), num_admitted=int(admitted.sum()),
+              num_non_finite=int((~usable).sum()), admitted=admitted.astype(np.int32), **own)
+
+
+def flame_round_numpy(updates, min_cluster_size=None, reference=None, distance=None,
+                      noise_lambda=0.0):
+  """FLAME's round without its noise: (aggregate, measurements).
+
+  reference: the global model G to cluster the models G - delta_i; None
+  clusters the updates. distance: 'cosine' or 'euclidean'; None = cosine with
+  a reference (models), Euclidean without (updates), as FLAME's defaults.
+  Measurements as `flame.flame_measurements`; `noise_stddev` is
+  noise_lambda * S_t (0 on fallback); `cluster_labels` are the package's ids.
   """
   distance = distance or ('euclidean' if reference is None else 'cosine')
   updates = np.asarray(updates, np.float64)
   n = updates.shape[0]
   mcs = n // 2 + 1 if min_cluster_size is None else min_cluster_size
-  finite = np.isfinite(updates).all(axis=1)
-  idx = np.flatnonzero(finite)
-  points = updates if reference is None else np.asarray(reference, np.float64)[None] - updates
-  admitted = np.zeros(n, bool)
+  usable = usable_rows(updates)
+  idx = np.flatnonzero(usable)
+  safe = np.where(usable[:, None], updates, 0.0)
+  points = safe if reference is None else np.asarray(reference, np.float64)[None] - safe
+  labels = -np.ones(n, np.int32)
   if n == 1:
-    admitted[:] = finite
+    labels[usable] = 0
   elif len(idx) >= max(2, mcs):
-    p = points[idx]
-    if distance == 'cosine':
-      unit = p / np.linalg.norm(p, axis=1, keepdims=True)
-      d = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
-      d = 0.5 * (d + d.T)
-      np.fill_diagonal(d, 0.0)
-    else:  # pairwise differences directly, not through a Gram matrix
-      d = np.linalg.norm(p[:, None, :] - p[None, :, :], axis=2)
-    labels = hdbscan.HDBSCAN(metric='precomputed', min_cluster_size=mcs, min_samples=1,
-                             allow_single_cluster=True).fit(d).labels_
-    if (labels >= 0).any():
-      largest = np.bincount(labels[labels >= 0]).argmax()
-      admitted[idx[labels == largest]] = True
-  norms = np.linalg.norm(np.where(finite[:, None], updates, 0.0), axis=1)
-  bound = float(np.median(norms[finite])) if finite.any() else 0.0
-  if not admitted.any():
-    return np.zeros(updates.shape[1]), admitted, bound
-  scale = np.minimum(1.0, bound / np.maximum(norms, 1e-300))
-  clipped = updates[admitted] * scale[admitted, None]
-  return clipped.mean(axis=0), admitted, bound
+    distances = (cosine_distances_numpy if distance == 'cosine' else
+                 euclidean_distances_numpy)(points[idx])
+    labels[idx] = hdbscan_labels_numpy(distances, mcs, 1)
+  admitted = np.zeros(n, bool)
+  if (labels >= 0).any():
+    admitted = labels == np.bincount(labels[labels >= 0]).argmax()
+  norms = np.linalg.norm(safe, axis=1)
+  bound = float(np.median(norms[usable])) if usable.any() else 0.0
+  fallback = not admitted.any()
+  if fallback:
+    aggregate = np.zeros(updates.shape[1])
+  else:
+    scale = np.minimum(1.0, bound / np.where(norms > 0, norms, 1.0))
+    aggregate = (safe[admitted] * scale[admitted, None]).mean(axis=0)
+  return aggregate, _measurements(
+      usable, admitted, cluster_labels=labels, update_norms=norms, clipping_bound=bound,
+      noise_stddev=0.0 if fallback else noise_lambda * bound, fallback=int(fallback))
+
+
+def krum_round_numpy(updates, num_byzantine, num_selected=1):
+  """Krum (num_selected=1) or Multi-Krum (None: m - f) over the m usable updates.
+
+  Score: the sum of the squared distances to the k = m - f - 2 nearest other
+  usable rows, k clamped to [1, max(m - 1, 1)] (a lone client has no
+  neighbour: score inf); the lowest scores win, the lower index on a tie.
+  """
+  x = np.asarray(updates, np.float64)
+  n = len(x)
+  usable = usable_rows(x)
+  idx = np.flatnonzero(usable)
+  rows = x[idx]
+  m = len(rows)
+  d = ((rows[:, None] - rows[None]) ** 2).sum(-1)
+  wanted = m - num_byzantine - 2
+  k = min(max(wanted, 1), max(m - 1, 1))
+  scores = np.array([np.sort(np.delete(d[i], i))[:k].sum() if m > k else np.inf
+                     for i in range(m)])
+  select = max(m - num_byzantine, 1) if num_selected is None else num_selected
+  chosen = np.argsort(scores, kind='stable')[:min(select, m)]
+  admitted = np.zeros(n, bool)
+  admitted[idx[chosen]] = True
+  all_scores = np.full(n, np.nan)
+  all_scores[idx] = scores
+  aggregate = rows[chosen].mean(axis=0) if m else np.zeros(x.shape[1])
+  return aggregate, _measurements(usable, admitted, scores=all_scores, neighbours=k,
+                                  assumption_holds=int(wanted >= 1))
+
+
+def median_numpy(rows):
+  return np.median(rows, axis=0)
+
+
+def trimmed_mean_numpy(rows, trim_fraction):
+  """Per coordinate: the mean after dropping the floor(beta * n) largest and smallest values."""
+  n = len(rows)
+  cut = int(np.floor(trim_fraction * n))
+  return np.sort(rows, axis=0)[cut:n - cut].mean(axis=0)
+
+
+def coordinate_round_numpy(updates, statistic):
+  """`statistic` ([m, d] -> [d]) over the usable updates (0 if none); they are all admitted."""
+  x = np.asarray(updates, np.float64)
+  usable = usable_rows(x)
+  aggregate = statistic(x[usable]) if usable.any() else np.zeros(x.shape[1])
+  return aggregate, _measurements(usable, usable)
+
+
+def foolsgold_weights_numpy(history, kappa=1.0):
+  """FoolsGold's weights as in the authors' NumPy code (loops and all); all 0 when every
+  alpha is 0 (where their code divides by zero)."""
+  x = np.asarray(history, np.float64)
+  n = len(x)
+  norms = np.linalg.norm(x, axis=1)
+  cs = np.zeros((n, n))
+  for i in range(n):
+    for j in range(n):
+      if i != j and norms[i] > 0 and norms[j] > 0:
+        cs[i, j] = x[i] @ x[j] / (norms[i] * norms[j])
+  maxcs = cs.max(axis=1) + 1e-5
+  for i in range(n):
+    for j in range(n):
+      if i != j and maxcs[i] < maxcs[j]:
+        cs[i][j] = cs[i][j] * maxcs[i] / maxcs[j]
+  wv = 1 - cs.max(axis=1)
+  wv[wv > 1] = 1
+  wv[wv < 0] = 0
+  if wv.max() == 0:
+    return np.zeros(n)
+  wv = wv / wv.max()
+  wv[wv == 1] = .99
+  wv = kappa * (np.log(wv / (1 - wv) + 1e-5) + 0.5)
+  wv[np.isinf(wv) | (wv > 1)] = 1
+  wv[wv < 0] = 0
+  return wv
+
+
+def foolsgold_round_numpy(updates, history=None, kappa=1.0):
+  """FoolsGold's weighted mean sum w_i u_i / sum w_i of the usable updates (0 if every weight
+  is 0), weights from `history` (default: the updates); unusable clients get weight 0."""
+  x = np.asarray(updates, np.float64)
+  h = x if history is None else np.asarray(history, np.float64)
+  usable = usable_rows(x) & usable_rows(h)
+  weights = np.zeros(len(x))
+  if usable.any():
+    weights[usable] = foolsgold_weights_numpy(h[usable], kappa)
+  total = weights.sum()
+  safe = np.where(usable[:, None], x, 0.0)
+  aggregate = weights @ safe / total if total > 0 else np.zeros(x.shape[1])
+  return aggregate, _measurements(usable, weights > 0, weights=weights,
+                                  fallback=int(total <= 0))

@@ -20,7 +20,7 @@ that order. Cluster ids are numbered 0..k-1 in this module's own order; the
 partition and the noise set (-1) are the package's.
 """
 
-from typing import Union
+from typing import NamedTuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -43,6 +43,18 @@ def mutual_reachability(distances: tf.Tensor, min_samples: IntLike) -> tf.Tensor
   return tf.maximum(tf.maximum(distances, core[tf.newaxis, :]), core[:, tf.newaxis])
 
 
+class _PrimState(NamedTuple):
+  """Prim's loop: the edge count, the node just added, the tree so far and its edges."""
+  step: tf.Tensor
+  current: tf.Tensor  # the node added last
+  in_tree: tf.Tensor  # bool [n]
+  best_distance: tf.Tensor  # [n] each node's distance to the tree
+  best_source: tf.Tensor  # [n] the tree node at that distance
+  sources: tf.TensorArray
+  targets: tf.TensorArray
+  weights: tf.TensorArray
+
+
 def prim_mst(graph: tf.Tensor):
   """Prim's spanning tree from node 0, as `hdbscan`'s `mst_linkage_core`.
 
@@ -52,31 +64,45 @@ def prim_mst(graph: tf.Tensor):
   n = tf.shape(graph)[0]
   index = tf.range(n)
 
-  def body(i, current, in_tree, cur_dist, cur_src, srcs, dsts, weights):
-    in_tree = in_tree | tf.equal(index, current)
-    row = tf.gather(graph, current)
-    better = tf.logical_not(in_tree) & (row < cur_dist)
-    cur_dist = tf.where(better, row, cur_dist)
-    cur_src = tf.where(better, current, cur_src)
-    candidates = tf.where(in_tree, _DBL_MAX, cur_dist)
+  def body(*loop_vars):
+    s = _PrimState(*loop_vars)
+    in_tree = s.in_tree | tf.equal(index, s.current)
+    row = tf.gather(graph, s.current)
+    better = tf.logical_not(in_tree) & (row < s.best_distance)
+    best_distance = tf.where(better, row, s.best_distance)
+    best_source = tf.where(better, s.current, s.best_source)
+    candidates = tf.where(in_tree, _DBL_MAX, best_distance)
     best = tf.reduce_min(candidates)
-    eligible = tf.logical_not(in_tree) & tf.equal(cur_dist, best) & (best < _DBL_MAX)
+    eligible = tf.logical_not(in_tree) & tf.equal(best_distance, best) & (best < _DBL_MAX)
     new_node = tf.reduce_min(tf.where(eligible, index, n))
     found = new_node < n
     new_node = tf.where(found, new_node, 0)
-    source = tf.where(found, tf.gather(cur_src, new_node), 0)
+    source = tf.where(found, tf.gather(best_source, new_node), 0)
     weight = tf.where(found, best, _DBL_MAX)
-    return (i + 1, new_node, in_tree, cur_dist, cur_src,
-            srcs.write(i, source), dsts.write(i, new_node),
-            weights.write(i, weight))
+    return _PrimState(
+        step=s.step + 1, current=new_node, in_tree=in_tree, best_distance=best_distance,
+        best_source=best_source, sources=s.sources.write(s.step, source),
+        targets=s.targets.write(s.step, new_node), weights=s.weights.write(s.step, weight))
 
-  init = (
-      tf.constant(0), tf.constant(0), tf.zeros([n], tf.bool),
-      tf.fill([n], tf.constant(_DBL_MAX, tf.float64)), tf.zeros([n], tf.int32),
-      tf.TensorArray(tf.int32, size=n - 1), tf.TensorArray(tf.int32, size=n - 1),
-      tf.TensorArray(tf.float64, size=n - 1))
-  out = tf.while_loop(lambda i, *_: i < n - 1, body, init)
-  return out[5].stack(), out[6].stack(), out[7].stack()
+  init = _PrimState(
+      step=tf.constant(0), current=tf.constant(0), in_tree=tf.zeros([n], tf.bool),
+      best_distance=tf.fill([n], tf.constant(_DBL_MAX, tf.float64)),
+      best_source=tf.zeros([n], tf.int32),
+      sources=tf.TensorArray(tf.int32, size=n - 1), targets=tf.TensorArray(tf.int32, size=n - 1),
+      weights=tf.TensorArray(tf.float64, size=n - 1))
+  out = tf.while_loop(lambda step, *_: step < n - 1, body, init)
+  return out.sources.stack(), out.targets.stack(), out.weights.stack()
+
+
+class _LinkageState(NamedTuple):
+  """Single linkage's loop: the merge count, each point's current root, node sizes, merges."""
+  step: tf.Tensor
+  root_of: tf.Tensor  # [n] the node each point belongs to now
+  sizes: tf.Tensor  # [2n - 1] points under each node
+  lefts: tf.TensorArray
+  rights: tf.TensorArray
+  merged_sizes: tf.TensorArray
+  members: tf.TensorArray  # bool [n] per merge: the points under it
 
 
 def single_linkage(sources, targets, weights, n):
@@ -91,25 +117,42 @@ def single_linkage(sources, targets, weights, n):
   targets = tf.gather(targets, order)
   weights = tf.gather(weights, order)
 
-  def body(k, root_of, sizes, lefts, rights, merged_sizes, members):
-    a = tf.gather(root_of, tf.gather(sources, k))
-    b = tf.gather(root_of, tf.gather(targets, k))
-    merged = tf.equal(root_of, a) | tf.equal(root_of, b)
-    size = tf.gather(sizes, a) + tf.gather(sizes, b)
-    new_node = n + k
-    root_of = tf.where(merged, new_node, root_of)
-    sizes = tf.tensor_scatter_nd_update(sizes, [[new_node]], [size])
-    return (k + 1, root_of, sizes, lefts.write(k, a), rights.write(k, b),
-            merged_sizes.write(k, size), members.write(k, merged))
+  def body(*loop_vars):
+    s = _LinkageState(*loop_vars)
+    a = tf.gather(s.root_of, tf.gather(sources, s.step))
+    b = tf.gather(s.root_of, tf.gather(targets, s.step))
+    merged = tf.equal(s.root_of, a) | tf.equal(s.root_of, b)
+    size = tf.gather(s.sizes, a) + tf.gather(s.sizes, b)
+    new_node = n + s.step
+    return _LinkageState(
+        step=s.step + 1, root_of=tf.where(merged, new_node, s.root_of),
+        sizes=tf.tensor_scatter_nd_update(s.sizes, [[new_node]], [size]),
+        lefts=s.lefts.write(s.step, a), rights=s.rights.write(s.step, b),
+        merged_sizes=s.merged_sizes.write(s.step, size), members=s.members.write(s.step, merged))
 
-  init = (tf.constant(0), tf.range(n),
-          tf.concat([tf.ones([n], tf.int32), tf.zeros([n - 1], tf.int32)], 0),
-          tf.TensorArray(tf.int32, size=n - 1), tf.TensorArray(tf.int32, size=n - 1),
-          tf.TensorArray(tf.int32, size=n - 1),
-          tf.TensorArray(tf.bool, size=n - 1, element_shape=tf.TensorShape([None])))
-  out = tf.while_loop(lambda k, *_: k < n - 1, body, init)
-  members = tf.reshape(out[6].stack(), [n - 1, n])
-  return out[3].stack(), out[4].stack(), weights, out[5].stack(), members
+  init = _LinkageState(
+      step=tf.constant(0), root_of=tf.range(n),
+      sizes=tf.concat([tf.ones([n], tf.int32), tf.zeros([n - 1], tf.int32)], 0),
+      lefts=tf.TensorArray(tf.int32, size=n - 1), rights=tf.TensorArray(tf.int32, size=n - 1),
+      merged_sizes=tf.TensorArray(tf.int32, size=n - 1),
+      members=tf.TensorArray(tf.bool, size=n - 1, element_shape=tf.TensorShape([None])))
+  out = tf.while_loop(lambda step, *_: step < n - 1, body, init)
+  members = tf.reshape(out.members.stack(), [n - 1, n])
+  return out.lefts.stack(), out.rights.stack(), weights, out.merged_sizes.stack(), members
+
+
+class _CondenseState(NamedTuple):
+  """The condensed tree's loop, merges walked from the root down (node n - 2 + k at step k)."""
+  merge: tf.Tensor  # the merge visited, from n - 2 down to 0
+  node_cluster: tf.Tensor  # [n - 1] the cluster each merge node belongs to, -1 if none yet
+  next_id: tf.Tensor  # the next free cluster id
+  point_parent: tf.Tensor  # [n] the cluster each point falls out of
+  point_lambda: tf.Tensor  # [n] the lambda at which it does
+  parent: tf.Tensor  # [n] per cluster id: its parent cluster (-1: unused or the root)
+  birth: tf.Tensor  # [n] the lambda at which it splits from its parent
+  size: tf.Tensor  # [n] its number of points at birth
+  left: tf.Tensor  # [n] its first child cluster (-1: none)
+  right: tf.Tensor  # [n] its second child cluster
 
 
 def condense_tree(lefts, rights, weights, sizes, members, n, min_cluster_size):
@@ -127,49 +170,51 @@ def condense_tree(lefts, rights, weights, sizes, members, n, min_cluster_size):
   node_members = tf.concat([tf.eye(n, dtype=tf.bool), members], 0)
   node_sizes = tf.concat([tf.ones([n], tf.int32), sizes], 0)
 
-  def body(k, node_cluster, next_id, point_parent, point_lambda,
-           c_parent, c_birth, c_size, c_left, c_right):
-    r = tf.gather(node_cluster, k)
+  def body(*loop_vars):
+    s = _CondenseState(*loop_vars)
+    r = tf.gather(s.node_cluster, s.merge)
     active = r >= 0
-    w = tf.gather(weights, k)
-    lam = tf.where(w > 0.0, 1.0 / tf.where(w > 0.0, w, 1.0),
-                   tf.constant(np.inf, tf.float64))
-    left, right = tf.gather(lefts, k), tf.gather(rights, k)
+    w = tf.gather(weights, s.merge)
+    lam = tf.where(w > 0.0, tf.math.reciprocal_no_nan(w), tf.constant(np.inf, tf.float64))
+    left, right = tf.gather(lefts, s.merge), tf.gather(rights, s.merge)
     left_count, right_count = tf.gather(node_sizes, left), tf.gather(node_sizes, right)
     big_left = left_count >= min_cluster_size
     big_right = right_count >= min_cluster_size
     split = active & big_left & big_right
     # Children nodes inherit: a new cluster on a split, else the parent's cluster.
-    left_label = tf.where(split, next_id, r)
-    right_label = tf.where(split, next_id + 1, r)
+    left_label = tf.where(split, s.next_id, r)
+    right_label = tf.where(split, s.next_id + 1, r)
     node_cluster = tf.where(tf.equal(node_ids, left - n) & active & big_left,
-                            left_label, node_cluster)
+                            left_label, s.node_cluster)
     node_cluster = tf.where(tf.equal(node_ids, right - n) & active & big_right,
                             right_label, node_cluster)
-    new_left = split & tf.equal(cluster_ids, next_id)
-    new_right = split & tf.equal(cluster_ids, next_id + 1)
-    c_parent = tf.where(new_left | new_right, r, c_parent)
-    c_birth = tf.where(new_left | new_right, lam, c_birth)
-    c_size = tf.where(new_left, left_count, tf.where(new_right, right_count, c_size))
-    c_left = tf.where(split & tf.equal(cluster_ids, r), next_id, c_left)
-    c_right = tf.where(split & tf.equal(cluster_ids, r), next_id + 1, c_right)
-    next_id = next_id + tf.where(split, 2, 0)
+    new_left = split & tf.equal(cluster_ids, s.next_id)
+    new_right = split & tf.equal(cluster_ids, s.next_id + 1)
+    splits_here = split & tf.equal(cluster_ids, r)
     # Small sides fall out of the cluster at this lambda.
     falls = ((active & tf.logical_not(big_left) & tf.gather(node_members, left)) |
              (active & tf.logical_not(big_right) & tf.gather(node_members, right)))
-    point_parent = tf.where(falls, r, point_parent)
-    point_lambda = tf.where(falls, lam, point_lambda)
-    return (k - 1, node_cluster, next_id, point_parent, point_lambda,
-            c_parent, c_birth, c_size, c_left, c_right)
+    return _CondenseState(
+        merge=s.merge - 1, node_cluster=node_cluster,
+        next_id=s.next_id + tf.where(split, 2, 0),
+        point_parent=tf.where(falls, r, s.point_parent),
+        point_lambda=tf.where(falls, lam, s.point_lambda),
+        parent=tf.where(new_left | new_right, r, s.parent),
+        birth=tf.where(new_left | new_right, lam, s.birth),
+        size=tf.where(new_left, left_count, tf.where(new_right, right_count, s.size)),
+        left=tf.where(splits_here, s.next_id, s.left),
+        right=tf.where(splits_here, s.next_id + 1, s.right))
 
   minus_ones = -tf.ones([n], tf.int32)
-  init = (n - 2, tf.where(tf.equal(node_ids, n - 2), 0, -tf.ones([n - 1], tf.int32)),
-          tf.constant(1), minus_ones, tf.zeros([n], tf.float64),
-          minus_ones, tf.zeros([n], tf.float64), tf.zeros([n], tf.int32),
-          minus_ones, minus_ones)
-  out = tf.while_loop(lambda k, *_: k >= 0, body, init)
-  return dict(num_clusters=out[2], point_parent=out[3], point_lambda=out[4],
-              parent=out[5], birth=out[6], size=out[7], left=out[8], right=out[9])
+  init = _CondenseState(
+      merge=n - 2, node_cluster=tf.where(tf.equal(node_ids, n - 2), 0, -tf.ones([n - 1], tf.int32)),
+      next_id=tf.constant(1), point_parent=minus_ones, point_lambda=tf.zeros([n], tf.float64),
+      parent=minus_ones, birth=tf.zeros([n], tf.float64), size=tf.zeros([n], tf.int32),
+      left=minus_ones, right=minus_ones)
+  out = tf.while_loop(lambda merge, *_: merge >= 0, body, init)
+  return dict(num_clusters=out.next_id, point_parent=out.point_parent,
+              point_lambda=out.point_lambda, parent=out.parent, birth=out.birth, size=out.size,
+              left=out.left, right=out.right)
 
 
 def _stabilities(tree, n):
@@ -282,24 +327,3 @@ def hdbscan_labels(distances, min_cluster_size: IntLike, min_samples: IntLike = 
       n >= 2,
       lambda: _labels_for_two_or_more(distances, min_cluster_size, min_samples),
       lambda: -tf.ones([n], tf.int32))
-
-
-def hdbscan_labels_py_function(distances, min_cluster_size: IntLike,
-                               min_samples: IntLike = 1) -> tf.Tensor:
-  """The `hdbscan` package's labels through `tf.py_function` (imported lazily).
-
-  Only for TF running in the Python process (eager code, a `tf.function`
-  called directly); TFF's C++ worker cannot run it.
-  """
-  def call(d, m, s):
-    import hdbscan  # pylint: disable=g-import-not-at-top
-    d = d.numpy()
-    if d.shape[0] < 2:
-      return -np.ones(d.shape[0], np.int32)
-    clusterer = hdbscan.HDBSCAN(metric='precomputed', min_cluster_size=int(m.numpy()),
-                                min_samples=int(s.numpy()), allow_single_cluster=True)
-    return clusterer.fit(d).labels_.astype(np.int32)
-  labels = tf.py_function(call, [tf.cast(tf.convert_to_tensor(distances), tf.float64),
-                                 min_cluster_size, min_samples], tf.int32)
-  labels.set_shape([None])
-  return labels

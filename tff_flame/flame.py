@@ -4,11 +4,12 @@ Per round, over the n client updates delta_i (TFF's sign: G - W_i): cluster the
 local models W_i by cosine distance (or, without the global model, the updates
 by Euclidean distance; see `default_distance`) with HDBSCAN (min cluster size
 n // 2 + 1) and admit the largest cluster; clip every admitted update to S_t,
-the median L2 norm of all finite updates; average; add Gaussian noise with sigma = lambda * S_t. The
-functions are unit-tested without TFF and run unchanged inside a
-`tff.tensorflow.computation`: `flame_round` on the [n, d] matrix of stacked
-updates (the reference), `flame_round_blocks` on the G row blocks the
-gathering factory delivers (what `FlameFactory` runs).
+the median L2 norm of all finite updates; average; add Gaussian noise with
+sigma = lambda * S_t. `flame_round_blocks` runs the round on the G row blocks
+the gathering factory delivers (what `FlameFactory` runs), as its steps:
+`client_distances`, `cluster_from_distances`, `clipping_bound`,
+`clipped_mean`, `add_noise`, `flame_measurements`. They are unit-tested
+without TFF and run unchanged inside a `tff.tensorflow.computation`.
 """
 
 import collections
@@ -21,6 +22,7 @@ import tensorflow_federated as tff
 from tff_flame import blockwise_ops
 from tff_flame import clustering
 from tff_flame import gathered
+from tff_flame import measurements as measurements_lib
 from tff_flame import stacked_ops
 
 CLUSTERING_SPACES = ('update', 'model')
@@ -66,7 +68,7 @@ def default_min_cluster_size(num_clients: tf.Tensor) -> tf.Tensor:
 
 def cluster_from_distances(distances: tf.Tensor, finite: tf.Tensor,
                            min_cluster_size: tf.Tensor, min_samples: int = 1,
-                           labels_fn=clustering.hdbscan_labels):
+                           labels_fn=clustering.hdbscan_labels) -> tuple:
   """HDBSCAN labels of the finite rows from the [n, n] distances; -1 for the others.
 
   Returns (labels [n], admitted [n] bool). Admitted clients are the largest
@@ -76,13 +78,13 @@ def cluster_from_distances(distances: tf.Tensor, finite: tf.Tensor,
   `distances` are read.
   """
   n = tf.shape(distances)[0]
-  finite_index = tf.cast(tf.where(finite)[:, 0], tf.int32)
+  finite_index = stacked_ops.true_indices(finite)
   num_finite = tf.shape(finite_index)[0]
 
   def clustered():
-    finite_distances = tf.gather(tf.gather(distances, finite_index), finite_index, axis=1)
-    labels = labels_fn(finite_distances, min_cluster_size, min_samples)
-    return tf.scatter_nd(finite_index[:, tf.newaxis], labels + 1, [n]) - 1
+    labels = labels_fn(stacked_ops.submatrix(distances, finite_index), min_cluster_size,
+                       min_samples)
+    return stacked_ops.scatter_to_clients(labels, finite_index, n, fill=-1)
 
   enough = (num_finite >= 2) & (num_finite >= min_cluster_size)
   labels = tf.cond(enough, clustered, lambda: -tf.ones([n], tf.int32))
@@ -94,48 +96,82 @@ def cluster_from_distances(distances: tf.Tensor, finite: tf.Tensor,
   return labels, admitted
 
 
-def cluster_clients(points: tf.Tensor, finite: tf.Tensor, min_cluster_size: tf.Tensor,
-                    min_samples: int = 1, labels_fn=clustering.hdbscan_labels,
-                    distance: str = 'cosine'):
-  """`cluster_from_distances` on the cosine (or Euclidean) distances of the [n, d] points."""
+def distances_from_gram(gram: tf.Tensor, distance: str) -> tf.Tensor:
+  """float64 [n, n] cosine or Euclidean distances between the rows of a Gram matrix."""
   check_distance(distance)
-  distances = (stacked_ops.cosine_distances(points) if distance == 'cosine' else
-               tf.sqrt(stacked_ops.squared_distances(points)))
-  return cluster_from_distances(distances, finite, min_cluster_size, min_samples, labels_fn)
+  if distance == 'cosine':
+    return stacked_ops.cosine_distances_from_gram(gram)
+  return tf.sqrt(blockwise_ops.squared_distances_from_gram(gram))
 
 
-def _noised_round(mean, fallback, noise_seed, noise_lambda, bound, n, finite, admitted, labels,
-                  norms):
-  """The round's result, mean + N(0, (lambda * S_t)^2) (zeros on fallback), and measurements."""
+def client_distances(blocks, distance: str,
+                     global_model: Optional[tf.Tensor] = None) -> tuple:
+  """(distances [n, n], norms [n], finite [n]) of the clients, in one pass over the blocks.
+
+  Distances are between the updates, or with `global_model` and cosine between
+  the local models G - delta_i (Euclidean distance is the same in both
+  spaces, so it needs no G). Norms are the updates' float64 L2 norms, 0 for a
+  client that is not finite (NaN, Inf, or a norm above float32's max; see
+  `blockwise_ops.finite_rows`); the distances of such a client are not to be
+  read.
+  """
+  reference = global_model if distance == 'cosine' else None
+  gram, norms, products = blockwise_ops.gram_and_norms(blocks, tf.float32, reference)
+  finite = blockwise_ops.finite_rows(blocks, norms)
+  if reference is not None:
+    gram = blockwise_ops.model_space_gram(gram, products, reference)
+  norms = tf.where(finite, norms, tf.zeros_like(norms))
+  return distances_from_gram(gram, distance), norms, finite
+
+
+def clipping_bound(norms: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
+  """S_t: the median of the finite clients' float64 norms; 0 when no client is finite."""
+  finite_norms = tf.boolean_mask(norms, finite)
+  return tf.cond(tf.size(finite_norms) > 0, lambda: stacked_ops.median(finite_norms),
+                 lambda: tf.constant(0.0, tf.float64))
+
+
+def clipped_mean(blocks, norms: tf.Tensor, bound: tf.Tensor, admitted: tf.Tensor) -> tf.Tensor:
+  """float32 [d]: the mean of the admitted updates, each scaled by min(1, S_t / norm); 0 if none."""
+  total = blockwise_ops.clipped_masked_sum(blocks, norms, bound, admitted)
+  num_admitted = tf.reduce_sum(tf.cast(admitted, tf.float64))
+  return tf.cast(tf.math.divide_no_nan(total, num_admitted), tf.float32)
+
+
+def add_noise(mean: tf.Tensor, bound: tf.Tensor, noise_lambda: float, noise_seed: tf.Tensor,
+              fallback: tf.Tensor) -> tuple:
+  """(mean + N(0, sigma^2) per coordinate, sigma) with sigma = lambda * S_t; (0, 0) on fallback.
+
+  The noise is drawn in float64 by `tf.random.stateless_normal` from `noise_seed` (int [2]).
+  """
   sigma = tf.cast(noise_lambda, tf.float64) * bound
   noise = tf.random.stateless_normal(tf.shape(mean), seed=noise_seed, dtype=tf.float64) * sigma
   aggregate = tf.where(fallback, tf.zeros_like(mean), mean + tf.cast(noise, mean.dtype))
-  measurements = collections.OrderedDict(
-      num_clients=n,
-      num_admitted=tf.reduce_sum(tf.cast(admitted, tf.int32)),
-      num_non_finite=n - tf.reduce_sum(tf.cast(finite, tf.int32)),
-      admitted=tf.cast(admitted, tf.int32),
-      cluster_labels=labels,
-      update_norms=norms,
-      clipping_bound=bound,
-      noise_stddev=tf.where(fallback, tf.constant(0.0, tf.float64), sigma),
-      fallback=tf.cast(fallback, tf.int32),
-  )
-  return aggregate, measurements
+  return aggregate, tf.where(fallback, tf.constant(0.0, tf.float64), sigma)
 
 
-def flame_round(updates: tf.Tensor,
-                noise_seed: tf.Tensor,
-                noise_lambda: float,
-                min_cluster_size: Optional[tf.Tensor] = None,
-                min_samples: int = 1,
-                global_model: Optional[tf.Tensor] = None,
-                labels_fn=clustering.hdbscan_labels,
-                distance: Optional[str] = None):
-  """One FLAME aggregation over stacked client updates.
+def flame_measurements(finite: tf.Tensor, admitted: tf.Tensor, labels: tf.Tensor,
+                       norms: tf.Tensor, bound: tf.Tensor, sigma: tf.Tensor,
+                       fallback: tf.Tensor) -> collections.OrderedDict:
+  """FLAME's measurements: the common ones, then cluster_labels, update_norms,
+  clipping_bound (S_t), noise_stddev (sigma) and fallback (0/1)."""
+  return measurements_lib.admission_measurements(
+      finite, admitted, cluster_labels=labels, update_norms=norms, clipping_bound=bound,
+      noise_stddev=sigma, fallback=tf.cast(fallback, tf.int32))
+
+
+def flame_round_blocks(blocks,
+                       noise_seed: tf.Tensor,
+                       noise_lambda: float,
+                       min_cluster_size: Optional[tf.Tensor] = None,
+                       min_samples: int = 1,
+                       global_model: Optional[tf.Tensor] = None,
+                       labels_fn=clustering.hdbscan_labels,
+                       distance: Optional[str] = None) -> tuple:
+  """One FLAME round on the updates held as G row blocks [m_g, d] (float32), never as [n, d].
 
   Args:
-    updates: [n, d] float client updates delta_i (TFF's G - W_i).
+    blocks: the updates delta_i (TFF's G - W_i) as row blocks (`blockwise_ops`).
     noise_seed: int [2] seed for `tf.random.stateless_normal`.
     noise_lambda: noise multiplier; sigma = noise_lambda * S_t.
     min_cluster_size: HDBSCAN's minimum cluster size; default n // 2 + 1.
@@ -148,82 +184,29 @@ def flame_round(updates: tf.Tensor,
       between updates). Euclidean distance is the same in both spaces.
 
   Returns:
-    (aggregate [d] in the updates' dtype, measurements OrderedDict).
-  """
-  updates = tf.convert_to_tensor(updates)
-  n = tf.shape(updates)[0]
-  if min_cluster_size is None:
-    min_cluster_size = default_min_cluster_size(n)
-  min_cluster_size = tf.cast(min_cluster_size, tf.int32)
-  finite = stacked_ops.finite_rows(updates)
-  safe_updates = tf.where(finite[:, tf.newaxis], updates, tf.zeros_like(updates))
-  points = safe_updates if global_model is None else (
-      tf.cast(global_model, updates.dtype)[tf.newaxis, :] - safe_updates)
-  distance = resolve_distance(distance, 'update' if global_model is None else 'model')
-  labels, admitted = cluster_clients(points, finite, min_cluster_size, min_samples, labels_fn,
-                                     distance)
+    (aggregate float32 [d], `flame_measurements`).
 
-  norms = stacked_ops.l2_norms(safe_updates)
-  finite_norms = tf.boolean_mask(norms, finite)
-  num_admitted = tf.reduce_sum(tf.cast(admitted, tf.int32))
-  fallback = tf.equal(num_admitted, 0)
-  bound = tf.cond(tf.size(finite_norms) > 0, lambda: stacked_ops.median(finite_norms),
-                  lambda: tf.constant(0.0, tf.float64))
-  clipped = stacked_ops.clip_rows(safe_updates, norms, bound)
-  admitted_f = tf.cast(admitted, updates.dtype)
-  total = tf.reduce_sum(clipped * admitted_f[:, tf.newaxis], axis=0)
-  mean = total / tf.cast(tf.maximum(num_admitted, 1), updates.dtype)
-  return _noised_round(mean, fallback, noise_seed, noise_lambda, bound, n, finite, admitted,
-                       labels, norms)
-
-
-def flame_round_blocks(blocks,
-                       noise_seed: tf.Tensor,
-                       noise_lambda: float,
-                       min_cluster_size: Optional[tf.Tensor] = None,
-                       min_samples: int = 1,
-                       global_model: Optional[tf.Tensor] = None,
-                       labels_fn=clustering.hdbscan_labels,
-                       distance: Optional[str] = None):
-  """`flame_round` on the updates held as G row blocks [m_g, d] (float32), never as [n, d].
-
-  The same round as `flame_round` on the concatenated blocks (same admitted
-  set, S_t and aggregate up to float rounding): distances come from the Gram
-  matrix, built with the float64 norms in one pass over column slices (in
-  model space from it and <G, delta_i>), and the clipped sum is taken block
-  by block (`blockwise_ops`). Norms and Gram entries cannot overflow, and a client
-  whose norm exceeds float32's max (e.g. all entries 3e38) is treated like a
-  NaN client: never clustered, admitted or counted in S_t.
+  Distances come from the Gram matrix, built with the float64 norms in one
+  pass over column slices (in model space from it and <G, delta_i>), and the
+  clipped sum is taken block by block (`blockwise_ops`). Norms and Gram
+  entries cannot overflow, and a client whose norm exceeds float32's max
+  (e.g. all entries 3e38) is treated like a NaN client: never clustered,
+  admitted or counted in S_t.
   """
   n = blockwise_ops.num_rows(blocks)
   if min_cluster_size is None:
     min_cluster_size = default_min_cluster_size(n)
   min_cluster_size = tf.cast(min_cluster_size, tf.int32)
   distance = resolve_distance(distance, 'update' if global_model is None else 'model')
-  # One pass over the data for the norms, the Gram matrix and, in model space,
-  # <G, delta_i>; ||W_i - W_j|| = ||delta_i - delta_j||: Euclidean needs no G.
-  reference = global_model if distance == 'cosine' else None
-  gram, norms, products = blockwise_ops.gram_and_norms(blocks, tf.float32, reference)
-  finite = blockwise_ops.finite_rows(blocks, norms)
-  if distance == 'cosine':
-    if reference is not None:
-      gram = blockwise_ops.model_space_gram(gram, products, reference)
-    distances = stacked_ops.cosine_distances_from_gram(gram)
-  else:
-    distances = tf.sqrt(blockwise_ops.squared_distances_from_gram(gram))
+  distances, norms, finite = client_distances(blocks, distance, global_model)
   labels, admitted = cluster_from_distances(distances, finite, min_cluster_size, min_samples,
                                             labels_fn)
-  norms = tf.where(finite, norms, tf.zeros_like(norms))  # as flame_round's zeroed rows
-  finite_norms = tf.boolean_mask(norms, finite)
-  num_admitted = tf.reduce_sum(tf.cast(admitted, tf.int32))
-  fallback = tf.equal(num_admitted, 0)
-  bound = tf.cond(tf.size(finite_norms) > 0, lambda: stacked_ops.median(finite_norms),
-                  lambda: tf.constant(0.0, tf.float64))
-  with tf.control_dependencies([gram]):  # the Gram pass first, then the sum pass
-    total = blockwise_ops.clipped_masked_sum(blocks, norms, bound, admitted)
-  mean = tf.cast(total / tf.cast(tf.maximum(num_admitted, 1), tf.float64), tf.float32)
-  return _noised_round(mean, fallback, noise_seed, noise_lambda, bound, n, finite, admitted,
-                       labels, norms)
+  bound = clipping_bound(norms, finite)
+  with tf.control_dependencies([distances]):  # the Gram pass first, then the sum pass
+    mean = clipped_mean(blocks, norms, bound, admitted)
+  fallback = tf.logical_not(tf.reduce_any(admitted))
+  aggregate, sigma = add_noise(mean, bound, noise_lambda, noise_seed, fallback)
+  return aggregate, flame_measurements(finite, admitted, labels, norms, bound, sigma, fallback)
 
 
 class FlameFactory(gathered.GatheredAggregationFactory):

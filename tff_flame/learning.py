@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import numpy as np
 import tensorflow_federated as tff
 
 from tff_flame import flame as flame_lib
@@ -116,7 +117,8 @@ def build_flame_fed_avg(
     return compose_fed_avg_with_global_model(
         initial_model_weights_fn, client_work,
         flame.create_gathered(weights_type.trainable), server_optimizer)
+  # TFF's composer takes a weighted aggregator; FLAME ignores the weights.
   return tff.learning.templates.compose_learning_process(
       initial_model_weights_fn, tff.learning.templates.build_broadcast_process(weights_type),
-      client_work, flame.create(weights_type.trainable),
+      client_work, flame.as_weighted().create(weights_type.trainable, tff.TensorType(np.float32)),
       tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type))

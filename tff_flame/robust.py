@@ -1,16 +1,17 @@
-"""Robust-aggregation baselines: Krum / Multi-Krum, coordinate median, trimmed mean,
-FoolsGold, and a non-finite filter for TFF's own clipping and DP factories.
+"""Robust-aggregation baselines as gathering factories, and a non-finite filter for TFF's own.
 
 Krum and Multi-Krum (Blanchard et al. 2017), the coordinate-wise median and
 trimmed mean (Yin et al. 2018) and FoolsGold (Fung et al. 2020) are gathering
-factories like FLAME, with their math as pure TF functions on the stacked
-[n, d] updates; rows with NaN or Inf are left out, as in FLAME.
-`NonFiniteFilterFactory` screens client values in front of a factory that has
-no such guard (norm bounding, weak DP).
+factories like FLAME: each round is a pure TF function on the G row blocks
+the gather delivers (`krum_round_blocks`, `coordinate_round_blocks`,
+`foolsgold_round_blocks`), and clients whose update has NaN or Inf (or a
+norm above float32's max) are left out, as in FLAME. `NonFiniteFilterFactory`
+screens client values in front of a factory that has no such guard (norm
+bounding, weak DP).
 """
 
 import collections
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -19,10 +20,11 @@ import tensorflow_federated as tff
 from tff_flame import blockwise_ops
 from tff_flame import gathered
 from tff_flame import grouped_gather
+from tff_flame import measurements as measurements_lib
 from tff_flame import stacked_ops
 
 
-def krum_scores_from_distances(d: tf.Tensor, num_byzantine: int):
+def krum_scores_from_distances(d: tf.Tensor, num_byzantine: int) -> tuple:
   """Krum scores from [m, m] squared distances: sum over the n - f - 2 nearest other rows.
 
   Returns (scores [m], neighbours used, assumption_holds) where the
@@ -38,104 +40,59 @@ def krum_scores_from_distances(d: tf.Tensor, num_byzantine: int):
   return tf.reduce_sum(nearest, axis=1), k, wanted >= 1
 
 
-def krum_scores(x: tf.Tensor, num_byzantine: int):
-  """`krum_scores_from_distances` of the rows of x [n, d]."""
-  return krum_scores_from_distances(stacked_ops.squared_distances(x), num_byzantine)
-
-
-def krum_round(updates: tf.Tensor, num_byzantine: int, num_selected=None):
-  """Mean of the `num_selected` lowest-score finite updates (1: Krum; None: n - f)."""
-  n = tf.shape(updates)[0]
-  finite, index, rows = stacked_ops.finite_subset(updates)
-  m = tf.shape(rows)[0]
-  scores, k, holds = krum_scores(rows, num_byzantine)
+def krum_selection(scores: tf.Tensor, num_byzantine: int,
+                   num_selected: Optional[int] = None) -> tf.Tensor:
+  """int32 positions of the lowest `num_selected` scores (None: m - f, at least 1), lowest
+  position first on a tie; at most all m."""
+  m = tf.shape(scores)[0]
   select = tf.maximum(m - num_byzantine, 1) if num_selected is None else tf.constant(num_selected)
-  select = tf.minimum(select, m)
-  chosen = tf.argsort(scores, stable=True)[:select]
-  aggregate = tf.cond(m > 0, lambda: tf.reduce_mean(tf.gather(rows, chosen), axis=0),
-                      lambda: tf.zeros([tf.shape(updates)[1]], updates.dtype))
-  chosen_rows = tf.gather(index, chosen)
-  admitted = tf.scatter_nd(chosen_rows[:, tf.newaxis], tf.ones_like(chosen_rows), [n])
-  all_scores = tf.tensor_scatter_nd_update(
-      tf.fill([n], tf.constant(float('nan'), tf.float64)), index[:, tf.newaxis], scores)
-  measurements = collections.OrderedDict(
-      num_clients=n, num_admitted=tf.reduce_sum(admitted),
-      num_non_finite=n - m, admitted=admitted, scores=all_scores,
-      neighbours=k, assumption_holds=tf.cast(holds, tf.int32))
-  return aggregate, measurements
+  return tf.argsort(scores, stable=True)[:tf.minimum(select, m)]
 
 
-def trimmed_mean(x: tf.Tensor, trim_fraction: float) -> tf.Tensor:
-  """Per-coordinate mean after dropping floor(beta * n) largest and smallest values."""
-  n = tf.shape(x)[0]
-  cut = tf.cast(tf.floor(trim_fraction * tf.cast(n, tf.float64)), tf.int32)
-  return tf.reduce_mean(tf.sort(x, axis=0)[cut:n - cut], axis=0)
+def krum_round_blocks(blocks, num_byzantine: int, num_selected: Optional[int] = None) -> tuple:
+  """Krum (`num_selected=1`) or Multi-Krum (None: n - f) on the updates held as G row blocks.
 
-
-def coordinate_round(updates: tf.Tensor, statistic):
-  """A per-coordinate statistic over the finite updates; every finite client counts as admitted."""
-  n = tf.shape(updates)[0]
-  finite, _, rows = stacked_ops.finite_subset(updates)
-  m = tf.shape(rows)[0]
-  aggregate = tf.cond(m > 0, lambda: statistic(rows),
-                      lambda: tf.zeros([tf.shape(updates)[1]], updates.dtype))
-  measurements = collections.OrderedDict(
-      num_clients=n, num_admitted=m, num_non_finite=n - m, admitted=tf.cast(finite, tf.int32))
-  return aggregate, measurements
-
-
-def _num_selected(m, num_byzantine, num_selected):
-  select = tf.maximum(m - num_byzantine, 1) if num_selected is None else tf.constant(num_selected)
-  return tf.minimum(select, m)
-
-
-def krum_round_blocks(blocks, num_byzantine: int, num_selected=None):
-  """`krum_round` on the updates held as G row blocks [m_g, d], never as [n, d].
-
-  Squared distances come from the block-wise float64 Gram matrix, and the
-  selected rows are averaged block by block in float64. A client whose norm
-  exceeds float32's max counts as non-finite (see `blockwise_ops.finite_rows`).
+  The mean of the selected finite updates, by `krum_scores_from_distances`
+  and `krum_selection`. Squared distances come from the block-wise float64
+  Gram matrix, and the selected rows are averaged block by block in float64.
+  A client whose norm exceeds float32's max counts as non-finite (see
+  `blockwise_ops.finite_rows`). Measurements: the common ones, `scores`
+  (NaN for non-finite clients), `neighbours` and `assumption_holds`.
   """
   n = blockwise_ops.num_rows(blocks)
   finite = blockwise_ops.finite_rows(blocks)
-  index = tf.cast(tf.where(finite)[:, 0], tf.int32)
-  m = tf.shape(index)[0]
+  index = stacked_ops.true_indices(finite)
   with tf.control_dependencies([finite]):  # one pass over the blocks at a time
     gram = blockwise_ops.gram_matrix(blocks, tf.float64)
-  gram = tf.gather(tf.gather(gram, index), index, axis=1)
   scores, k, holds = krum_scores_from_distances(
-      blockwise_ops.squared_distances_from_gram(gram), num_byzantine)
-  select = _num_selected(m, num_byzantine, num_selected)
-  chosen_rows = tf.gather(index, tf.argsort(scores, stable=True)[:select])
-  admitted = tf.scatter_nd(chosen_rows[:, tf.newaxis], tf.ones_like(chosen_rows), [n])
-  weights = tf.cast(admitted, tf.float64) / tf.cast(tf.maximum(select, 1), tf.float64)
+      blockwise_ops.squared_distances_from_gram(stacked_ops.submatrix(gram, index)),
+      num_byzantine)
+  chosen = tf.gather(index, krum_selection(scores, num_byzantine, num_selected))
+  admitted = stacked_ops.scatter_to_clients(tf.ones_like(chosen, tf.bool), chosen, n, fill=False)
+  weights = tf.math.divide_no_nan(tf.cast(admitted, tf.float64),
+                                  tf.cast(tf.size(chosen), tf.float64))
   with tf.control_dependencies([gram]):
     aggregate = tf.cast(blockwise_ops.weighted_sum(blocks, weights), tf.float32)
-  all_scores = tf.tensor_scatter_nd_update(
-      tf.fill([n], tf.constant(float('nan'), tf.float64)), index[:, tf.newaxis], scores)
-  measurements = collections.OrderedDict(
-      num_clients=n, num_admitted=tf.reduce_sum(admitted),
-      num_non_finite=n - m, admitted=admitted, scores=all_scores,
+  measurements = measurements_lib.admission_measurements(
+      finite, admitted, scores=stacked_ops.scatter_to_clients(scores, index, n, fill=np.nan),
       neighbours=k, assumption_holds=tf.cast(holds, tf.int32))
   return aggregate, measurements
 
 
-def coordinate_round_blocks(blocks, statistic):
-  """`coordinate_round` on G row blocks: the usable rows concatenated once, then `statistic`.
+def coordinate_round_blocks(blocks, statistic: Callable[[tf.Tensor], tf.Tensor]) -> tuple:
+  """A per-coordinate `statistic` over the finite updates held as G row blocks.
 
-  Use the overflow-safe `blockwise_ops.coordinate_median` and
-  `blockwise_ops.trimmed_mean`. A client whose norm exceeds float32's max
-  counts as non-finite.
+  The usable rows are concatenated once, then `statistic` ([m, d] -> [d]);
+  use the overflow-safe `blockwise_ops.coordinate_median` and
+  `blockwise_ops.trimmed_mean`. Every finite client counts as admitted; a
+  client whose norm exceeds float32's max counts as non-finite. No finite
+  client: the aggregate is 0.
   """
-  n = blockwise_ops.num_rows(blocks)
   finite = blockwise_ops.finite_rows(blocks)
   rows = blockwise_ops.concat_rows(blocks, finite)
-  m = tf.shape(rows)[0]
-  aggregate = tf.cond(m > 0, lambda: statistic(rows),
+  aggregate = tf.cond(tf.shape(rows)[0] > 0, lambda: statistic(rows),
                       lambda: tf.zeros([tf.shape(rows)[1]], rows.dtype))
-  measurements = collections.OrderedDict(
-      num_clients=n, num_admitted=m, num_non_finite=n - m, admitted=tf.cast(finite, tf.int32))
-  return aggregate, measurements
+  return aggregate, measurements_lib.admission_measurements(finite, finite)
 
 
 class KrumFactory(gathered.GatheredAggregationFactory):
@@ -196,93 +153,57 @@ class TrimmedMeanFactory(gathered.GatheredAggregationFactory):
 FOOLSGOLD_EPSILON = 1e-5
 
 
-def foolsgold_weights(history: tf.Tensor, kappa: float = 1.0) -> tf.Tensor:
-  """FoolsGold's per-client weights in [0, 1] (float64 [n]) from [n, d] histories.
-
-  Fung et al. 2020, Algorithm 1, as in the authors' code: cosine similarities
-  cs_ij between the rows (cs_ii = 0); v_i = max_j cs_ij (+ 1e-5); pardoning:
-  cs_ij *= v_i / v_j where v_i < v_j; alpha_i = 1 - max_j cs_ij clipped to
-  [0, 1]; alpha /= max(alpha), with 1 set to 0.99; logit
-  alpha_i = kappa * (ln(alpha_i / (1 - alpha_i) + 1e-5) + 0.5), clipped to
-  [0, 1]. When every alpha is 0 before the rescaling (all rows alike), every
-  weight is 0 (the authors' code divides by zero there).
-  """
-  return foolsgold_weights_from_cosine(1.0 - stacked_ops.cosine_distances(history), kappa)
-
-
 def foolsgold_weights_from_cosine(cosine: tf.Tensor, kappa: float = 1.0) -> tf.Tensor:
-  """`foolsgold_weights` from the [n, n] cosine similarities of the histories."""
+  """FoolsGold's per-client weights in [0, 1] (float64 [n]) from the [n, n] cosine
+  similarities of the clients' histories.
+
+  Fung et al. 2020, Algorithm 1, as in the authors' code: cs_ij with
+  cs_ii = 0; v_i = max_j cs_ij (+ 1e-5); pardoning: cs_ij *= v_i / v_j where
+  v_i < v_j; alpha_i = 1 - max_j cs_ij clipped to [0, 1]; alpha /= max(alpha),
+  with 1 set to 0.99; logit alpha_i = kappa * (ln(alpha_i / (1 - alpha_i) +
+  1e-5) + 0.5), clipped to [0, 1]. When every alpha is 0 before the rescaling
+  (all rows alike), every weight is 0 (the authors' code divides by zero
+  there).
+  """
   n = tf.shape(cosine)[0]
   cs = tf.linalg.set_diag(tf.cast(cosine, tf.float64), tf.zeros([n], tf.float64))
   v = tf.reduce_max(cs, axis=1) + FOOLSGOLD_EPSILON
   pardon = v[:, tf.newaxis] < v[tf.newaxis, :]
   cs = tf.where(pardon, cs * v[:, tf.newaxis] / v[tf.newaxis, :], cs)
   alpha = tf.clip_by_value(1.0 - tf.reduce_max(cs, axis=1), 0.0, 1.0)
-  top = tf.reduce_max(alpha)
-  alpha = tf.where(top > 0.0, alpha / tf.where(top > 0.0, top, 1.0), 0.0)
+  alpha = tf.math.divide_no_nan(alpha, tf.reduce_max(alpha))
   alpha = tf.where(tf.equal(alpha, 1.0), tf.constant(0.99, tf.float64), alpha)
   logit = kappa * (tf.math.log(alpha / (1.0 - alpha) + FOOLSGOLD_EPSILON) + 0.5)
   return tf.clip_by_value(logit, 0.0, 1.0)
 
 
-def foolsgold_round(updates: tf.Tensor, history: Optional[tf.Tensor] = None,
-                    kappa: float = 1.0):
-  """FoolsGold's weighted mean of the finite updates; weights from `history` (default: `updates`).
+def foolsgold_round_blocks(blocks, kappa: float = 1.0) -> tuple:
+  """FoolsGold's weighted mean of the finite updates held as G row blocks, with this
+  round's updates as the histories.
 
   The aggregate is sum_i w_i u_i / sum_i w_i (zeros and `fallback = 1` when
   every weight is 0): a weighted mean, where the authors' code returns the
   weighted sum and leaves the scale to its learning rate. `admitted` is
-  w_i > 0: a client with weight 0 adds nothing to the model. Rows with NaN or Inf (in the update or its history)
-  get weight 0 and are left out of the similarities.
-  """
-  n = tf.shape(updates)[0]
-  history = updates if history is None else history
-  finite = tf.logical_and(stacked_ops.finite_rows(updates), stacked_ops.finite_rows(history))
-  index = tf.cast(tf.where(finite)[:, 0], tf.int32)
-  m = tf.shape(index)[0]
-  finite_weights = tf.cond(m > 0, lambda: foolsgold_weights(tf.gather(history, index), kappa),
-                           lambda: tf.zeros([0], tf.float64))
-  weights = tf.scatter_nd(index[:, tf.newaxis], finite_weights, [n])
-  total = tf.reduce_sum(weights)
-  safe_updates = tf.where(finite[:, tf.newaxis], updates, tf.zeros_like(updates))
-  weighted_sum = tf.linalg.matvec(safe_updates, tf.cast(weights, updates.dtype), transpose_a=True)
-  aggregate = tf.where(total > 0.0,
-                       weighted_sum / tf.cast(tf.where(total > 0.0, total, 1.0), updates.dtype),
-                       tf.zeros_like(weighted_sum))
-  admitted = tf.cast(weights > 0.0, tf.int32)
-  measurements = collections.OrderedDict(
-      num_clients=n, num_admitted=tf.reduce_sum(admitted), num_non_finite=n - m,
-      admitted=admitted, weights=weights, fallback=tf.cast(total <= 0.0, tf.int32))
-  return aggregate, measurements
-
-
-def foolsgold_round_blocks(blocks, kappa: float = 1.0):
-  """`foolsgold_round` (this round's updates as histories) on G row blocks.
-
-  The similarities come from the block-wise Gram matrix and the weighted
-  mean is summed block by block; a client whose norm exceeds float32's max
-  counts as non-finite and gets weight 0.
+  w_i > 0: a client with weight 0 adds nothing to the model. The
+  similarities come from the block-wise Gram matrix and the weighted mean is
+  summed block by block; a non-finite client (NaN, Inf, or a norm above
+  float32's max) gets weight 0 and is left out of the similarities.
   """
   n = blockwise_ops.num_rows(blocks)
   finite = blockwise_ops.finite_rows(blocks)
-  index = tf.cast(tf.where(finite)[:, 0], tf.int32)
-  m = tf.shape(index)[0]
-  gram = blockwise_ops.gram_matrix(blocks, tf.float32)
-  finite_gram = tf.gather(tf.gather(gram, index), index, axis=1)
+  index = stacked_ops.true_indices(finite)
+  gram = stacked_ops.submatrix(blockwise_ops.gram_matrix(blocks, tf.float32), index)
   finite_weights = tf.cond(
-      m > 0,
-      lambda: foolsgold_weights_from_cosine(
-          1.0 - stacked_ops.cosine_distances_from_gram(finite_gram), kappa),
+      tf.size(index) > 0,
+      lambda: foolsgold_weights_from_cosine(1.0 - stacked_ops.cosine_distances_from_gram(gram),
+                                            kappa),
       lambda: tf.zeros([0], tf.float64))
-  weights = tf.scatter_nd(index[:, tf.newaxis], finite_weights, [n])
+  weights = stacked_ops.scatter_to_clients(finite_weights, index, n)
   total = tf.reduce_sum(weights)
-  weighted = blockwise_ops.weighted_sum(blocks, weights)
-  aggregate = tf.cast(tf.where(total > 0.0, weighted / tf.where(total > 0.0, total, 1.0),
-                               tf.zeros_like(weighted)), tf.float32)
-  admitted = tf.cast(weights > 0.0, tf.int32)
-  measurements = collections.OrderedDict(
-      num_clients=n, num_admitted=tf.reduce_sum(admitted), num_non_finite=n - m,
-      admitted=admitted, weights=weights, fallback=tf.cast(total <= 0.0, tf.int32))
+  aggregate = tf.cast(tf.math.divide_no_nan(blockwise_ops.weighted_sum(blocks, weights), total),
+                      tf.float32)
+  measurements = measurements_lib.admission_measurements(
+      finite, weights > 0.0, weights=weights, fallback=tf.cast(total <= 0.0, tf.int32))
   return aggregate, measurements
 
 
@@ -296,10 +217,10 @@ class FoolsGoldFactory(gathered.GatheredAggregationFactory):
   order), so a history keyed by client cannot be kept by the factory alone;
   with clients sampled per round a client's history would also be sparse.
   Colluding attackers that share one objective in the same round (the case
-  FoolsGold targets) still look alike within that round. `foolsgold_round`
-  takes a separate `history` matrix, so a caller that does know the client
-  ids can pass the summed histories. The optional feature-importance
-  weighting of the paper is not used (the authors' default).
+  FoolsGold targets) still look alike within that round. A caller that does
+  know the client ids can pass the similarities of the summed histories to
+  `foolsgold_weights_from_cosine`. The optional feature-importance weighting
+  of the paper is not used (the authors' default).
   """
 
   def __init__(self, kappa: float = 1.0, max_clients: int = 1000):

@@ -1,9 +1,10 @@
-"""Pure TF primitives on client values stacked into rows, shared by every gathering defense.
+"""Pure TF primitives on the clients of a round, one row (or one entry) per client.
 
-A gathering defense sees the n client updates as one [n, d] matrix (one row per
-client, flattened over the whole model). FLAME and the robust baselines need
-the same pieces: which rows are finite, row norms, pairwise distances, a
-median along the rows and per-row clipping.
+The gathering defenses hold the n client updates as row blocks
+(`blockwise_ops`); what they compute from them is per client ([n]) or per
+pair of clients ([n, n]): which clients to keep, distances from the Gram
+matrix, a median. `flatten_rows` and `unflatten_vector` convert between a
+model's tensors and the flat rows the defenses see.
 """
 
 from typing import Sequence
@@ -12,32 +13,20 @@ import numpy as np
 import tensorflow as tf
 
 
-def finite_rows(x: tf.Tensor) -> tf.Tensor:
-  """bool [n]: rows without NaN or Inf."""
-  return tf.reduce_all(tf.math.is_finite(x), axis=1)
+def true_indices(mask: tf.Tensor) -> tf.Tensor:
+  """int32 [m]: the positions where the bool [n] `mask` is True, in order."""
+  return tf.cast(tf.where(mask)[:, 0], tf.int32)
 
 
-def finite_subset(x: tf.Tensor):
-  """(finite [n] bool, index [m] int32 of the finite rows, those rows [m, d])."""
-  finite = finite_rows(x)
-  index = tf.cast(tf.where(finite)[:, 0], tf.int32)
-  return finite, index, tf.gather(x, index)
+def submatrix(matrix: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+  """[m, m]: the rows and columns `index` of an [n, n] matrix."""
+  return tf.gather(tf.gather(matrix, index), index, axis=1)
 
 
-def l2_norms(x: tf.Tensor) -> tf.Tensor:
-  """L2 norm of each row, in float64."""
-  x = tf.cast(x, tf.float64)
-  return tf.sqrt(tf.reduce_sum(tf.square(x), axis=1))
-
-
-def cosine_distances(x: tf.Tensor) -> tf.Tensor:
-  """[n, n] float64 matrix of 1 - cos(x_i, x_j), with a zero diagonal.
-
-  The Gram matrix is computed in the input's dtype (float32 for model
-  updates, to keep an [n, d] float64 copy out of memory); see
-  `cosine_distances_from_gram`.
-  """
-  return cosine_distances_from_gram(tf.matmul(x, x, transpose_b=True))
+def scatter_to_clients(values: tf.Tensor, index: tf.Tensor, n: tf.Tensor, fill=0) -> tf.Tensor:
+  """[n]: values[j] at position index[j] (the m clients scored), `fill` at the others."""
+  filled = tf.fill([n], tf.cast(fill, values.dtype))
+  return tf.tensor_scatter_nd_update(filled, index[:, tf.newaxis], values)
 
 
 def norms_from_gram(gram: tf.Tensor) -> tf.Tensor:
@@ -54,19 +43,10 @@ def cosine_distances_from_gram(gram: tf.Tensor) -> tf.Tensor:
   """
   gram = tf.cast(gram, tf.float64)
   norms = norms_from_gram(gram)
-  denom = norms[:, tf.newaxis] * norms[tf.newaxis, :]
-  cosine = tf.where(denom > 0.0, gram / tf.where(denom > 0.0, denom, 1.0), 0.0)
+  cosine = tf.math.divide_no_nan(gram, norms[:, tf.newaxis] * norms[tf.newaxis, :])
   distances = tf.clip_by_value(1.0 - cosine, 0.0, 2.0)
   distances = 0.5 * (distances + tf.transpose(distances))
   return tf.linalg.set_diag(distances, tf.zeros_like(norms))
-
-
-def squared_distances(x: tf.Tensor) -> tf.Tensor:
-  """[n, n] float64 squared L2 distances between rows."""
-  x = tf.cast(x, tf.float64)
-  sq = tf.reduce_sum(tf.square(x), axis=1)
-  d = sq[:, tf.newaxis] + sq[tf.newaxis, :] - 2.0 * tf.matmul(x, x, transpose_b=True)
-  return tf.linalg.set_diag(tf.maximum(d, 0.0), tf.zeros_like(sq))
 
 
 def median(values: tf.Tensor) -> tf.Tensor:
@@ -77,12 +57,6 @@ def median(values: tf.Tensor) -> tf.Tensor:
   lower = tf.gather(sorted_values, (n - 1) // 2)
   upper = tf.gather(sorted_values, n // 2)
   return (lower + upper) / 2.0
-
-
-def clip_rows(x: tf.Tensor, norms: tf.Tensor, bound: tf.Tensor) -> tf.Tensor:
-  """Scales each row by min(1, bound / norm)."""
-  scale = tf.where(norms > bound, bound / tf.where(norms > 0.0, norms, 1.0), 1.0)
-  return x * tf.cast(scale, x.dtype)[:, tf.newaxis]
 
 
 def flatten_rows(leaves: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -96,4 +70,3 @@ def unflatten_vector(vector: tf.Tensor, specs: Sequence[tuple]) -> list:
   sizes = [int(np.prod(shape)) for shape, _ in specs]
   parts = tf.split(vector, sizes) if len(sizes) > 1 else [vector]
   return [tf.cast(tf.reshape(p, shape), dtype) for p, (shape, dtype) in zip(parts, specs)]
-

@@ -11,7 +11,10 @@ from hdbscan._hdbscan_linkage import label, mst_linkage_core
 from hdbscan._hdbscan_reachability import mutual_reachability
 from hdbscan.hdbscan_ import _tree_to_labels
 
+from oracles import cosine_distances_numpy as cosine
+from oracles import euclidean_distances_numpy as euclidean
 from oracles import hdbscan_labels_numpy
+from oracles import hdbscan_labels_py_function
 from tff_flame import clustering
 
 _labels_tf = tf.function(
@@ -37,18 +40,6 @@ def package_labels_stable_sort(d, min_cluster_size, min_samples):
   tree = tree[np.argsort(tree.T[2], kind='stable')]
   with np.errstate(all='ignore'):
     return _tree_to_labels(None, label(tree), min_cluster_size, allow_single_cluster=True)[0]
-
-
-def euclidean(x):
-  return np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
-
-
-def cosine(x):
-  unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-  d = np.clip(1.0 - unit @ unit.T, 0.0, 2.0)
-  d = 0.5 * (d + d.T)
-  np.fill_diagonal(d, 0.0)
-  return d
 
 
 def random_case(rng, kind):
@@ -153,9 +144,9 @@ def test_labels_inside_tff_computation():
   assert same_partition(hdbscan_labels_numpy(d, 5, 1), np.asarray(labels_in_tff(d)))
 
 
-def test_py_function_variant_matches_package():
+def test_py_function_oracle_matches_package():
   d = euclidean(np.random.default_rng(5).normal(size=(12, 2)))
-  fn = tf.function(lambda x: clustering.hdbscan_labels_py_function(x, 3, 1))
+  fn = tf.function(lambda x: hdbscan_labels_py_function(x, 3, 1))
   np.testing.assert_array_equal(fn(tf.constant(d)).numpy(), hdbscan_labels_numpy(d, 3, 1))
 
 

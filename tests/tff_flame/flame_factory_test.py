@@ -34,7 +34,8 @@ def test_type_signature(noiseless):
 def test_next_matches_numpy_and_rejects_attackers(noiseless):
   rows, values = client_values(np.random.default_rng(0), 7, 3)
   out = noiseless.next(noiseless.initialize(), values)
-  expected, admitted, bound = flame_round_numpy(rows)
+  expected, want = flame_round_numpy(rows)
+  admitted, bound = want['admitted'].astype(bool), want['clipping_bound']
   result = np.concatenate([np.asarray(out.result[0]).ravel(), np.asarray(out.result[1])])
   np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-6)
   m = out.measurements
@@ -99,10 +100,10 @@ def test_model_space_sees_the_global_model():
   reference_rows = np.random.default_rng(5).normal(size=10).astype(np.float32) * 2
   reference = [reference_rows[:6].reshape(3, 2), reference_rows[6:]]
   out = process.next(process.initialize(), values, reference)
-  expected, admitted, _ = flame_round_numpy(rows, reference=reference_rows)
+  expected, want = flame_round_numpy(rows, reference=reference_rows)
   result = np.concatenate([np.asarray(out.result[0]).ravel(), np.asarray(out.result[1])])
   np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-6)
-  assert out.measurements['num_admitted'] == admitted.sum()
+  assert out.measurements['num_admitted'] == want['num_admitted']
 
 
 if __name__ == '__main__':

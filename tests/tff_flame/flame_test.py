@@ -1,4 +1,4 @@
-"""FLAME's round as TF ops against a NumPy + hdbscan re-computation."""
+"""FLAME's round and its steps as TF ops against a NumPy + hdbscan re-computation."""
 
 import numpy as np
 import pathlib
@@ -6,6 +6,8 @@ import pytest
 import sys
 import tensorflow as tf
 
+from oracles import cosine_distances_numpy
+from oracles import euclidean_distances_numpy
 from oracles import flame_round_numpy
 from oracles import hdbscan_labels_numpy
 from tff_flame import flame
@@ -19,9 +21,14 @@ def benign_and_attackers(rng, n_benign, n_bad, d=50, bad_scale=5.0):
   return np.concatenate([benign, bad]).astype(np.float32)
 
 
+def as_blocks(updates):
+  """The rows as three row blocks (some empty when n < 3), as the gather delivers them."""
+  return [tf.constant(b) for b in np.array_split(np.asarray(updates, np.float32), 3)]
+
+
 def run(updates, noise_lambda=0.0, seed=(1, 2), **kwargs):
-  aggregate, m = flame.flame_round(tf.constant(updates), tf.constant(seed, tf.int64),
-                                       noise_lambda, **kwargs)
+  aggregate, m = flame.flame_round_blocks(as_blocks(updates), tf.constant(seed, tf.int64),
+                                          noise_lambda, **kwargs)
   return aggregate.numpy(), {k: np.asarray(v) for k, v in m.items()}
 
 
@@ -31,7 +38,8 @@ def test_round_matches_numpy(n_benign, n_bad, distance):
   rng = np.random.default_rng(n_benign * 100 + n_bad)
   updates = benign_and_attackers(rng, n_benign, n_bad)
   aggregate, m = run(updates, distance=distance)
-  expected, admitted, bound = flame_round_numpy(updates, distance=distance)
+  expected, want = flame_round_numpy(updates, distance=distance)
+  admitted, bound = want['admitted'].astype(bool), want['clipping_bound']
   np.testing.assert_array_equal(m['admitted'].astype(bool), admitted)
   assert m['clipping_bound'] == pytest.approx(bound, rel=1e-6)
   np.testing.assert_allclose(aggregate, expected, rtol=1e-4, atol=1e-6)
@@ -47,12 +55,10 @@ def test_model_space_matches_numpy_and_differs_from_update_space():
   updates = benign_and_attackers(rng, 8, 3, d=30)
   reference = rng.normal(size=30).astype(np.float32) * 3.0
   _, m_model = run(updates, global_model=tf.constant(reference))
-  _, admitted_model, _ = flame_round_numpy(updates, reference=reference)
-  np.testing.assert_array_equal(m_model['admitted'].astype(bool), admitted_model)
-  labels_update = hdbscan_labels_numpy(
-      stacked_ops.cosine_distances(tf.constant(updates)).numpy(), 6)
-  labels_model = hdbscan_labels_numpy(
-      stacked_ops.cosine_distances(tf.constant(reference[None] - updates)).numpy(), 6)
+  _, want = flame_round_numpy(updates, reference=reference)
+  np.testing.assert_array_equal(m_model['admitted'], want['admitted'])
+  labels_update = hdbscan_labels_numpy(cosine_distances_numpy(updates), 6)
+  labels_model = hdbscan_labels_numpy(cosine_distances_numpy(reference[None] - updates), 6)
   np.testing.assert_array_equal(m_model['cluster_labels'] >= 0, labels_model >= 0)
   assert not np.array_equal(labels_update, labels_model)
 
@@ -92,7 +98,8 @@ def test_non_finite_clients_are_never_admitted_and_do_not_move_the_median():
   updates[2, 5] = np.nan
   updates[4, :] = np.inf
   aggregate, m = run(updates)
-  expected, admitted, bound = flame_round_numpy(updates)
+  expected, want = flame_round_numpy(updates)
+  admitted = want['admitted'].astype(bool)
   assert m['num_non_finite'] == 2
   assert m['admitted'][2] == 0 and m['admitted'][4] == 0
   assert m['cluster_labels'][2] == -1 and m['cluster_labels'][4] == -1
@@ -126,8 +133,51 @@ def test_one_and_two_clients():
 
 
 def test_zero_update_has_unit_cosine_distance():
-  d = stacked_ops.cosine_distances(tf.constant([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])).numpy()
+  x = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
+  d = stacked_ops.cosine_distances_from_gram(tf.constant(x @ x.T)).numpy()
   np.testing.assert_allclose(d, [[0, 1, 1], [1, 0, 0], [1, 0, 0]], atol=1e-12)
+  np.testing.assert_allclose(cosine_distances_numpy(x), d, atol=1e-12)
+
+
+@pytest.mark.parametrize('space', ['update', 'model'])
+@pytest.mark.parametrize('distance', ['cosine', 'euclidean'])
+def test_client_distances_match_numpy(space, distance):
+  rng = np.random.default_rng(12)
+  updates = benign_and_attackers(rng, 6, 3, d=20)
+  updates[4, 7] = np.nan
+  updates[1] = 3e38  # finite entries, but a norm float32 cannot hold
+  reference = 3.0 * rng.normal(size=20).astype(np.float32) if space == 'model' else None
+  distances, norms, finite = flame.client_distances(
+      as_blocks(updates), distance, None if reference is None else tf.constant(reference))
+  usable = np.ones(9, bool)
+  usable[[1, 4]] = False
+  np.testing.assert_array_equal(finite.numpy(), usable)
+  expected_norms = np.where(usable, np.linalg.norm(np.nan_to_num(updates.astype(np.float64)),
+                                                   axis=1), 0.0)
+  np.testing.assert_allclose(norms.numpy(), expected_norms, rtol=1e-12)
+  kept = updates[usable].astype(np.float64)
+  points = kept if reference is None or distance == 'euclidean' else reference[None] - kept
+  expected = (cosine_distances_numpy if distance == 'cosine' else euclidean_distances_numpy)(points)
+  # The Gram matrix is taken in float32: distances carry its rounding, ~1e-7 of the squared norms.
+  np.testing.assert_allclose(distances.numpy()[np.ix_(usable, usable)], expected,
+                             rtol=1e-6, atol=1e-6 * expected_norms.max() ** 2)
+
+
+def test_clipping_bound_and_clipped_mean_match_numpy():
+  rng = np.random.default_rng(13)
+  updates = (rng.normal(size=(7, 5)) * rng.uniform(0.5, 4, size=(7, 1))).astype(np.float32)
+  norms = np.linalg.norm(updates.astype(np.float64), axis=1)
+  finite = np.array([True, True, False, True, True, True, False])
+  bound = flame.clipping_bound(tf.constant(np.where(finite, norms, 0.0)), tf.constant(finite))
+  assert bound.numpy() == pytest.approx(np.median(norms[finite]), rel=1e-12)
+  assert flame.clipping_bound(tf.zeros([3], tf.float64), tf.zeros([3], tf.bool)).numpy() == 0.0
+  admitted = finite & (np.arange(7) != 0)
+  mean = flame.clipped_mean(as_blocks(updates), tf.constant(norms), bound, tf.constant(admitted))
+  scale = np.minimum(1.0, bound.numpy() / norms)
+  np.testing.assert_allclose(mean.numpy(), (updates * scale[:, None])[admitted].mean(axis=0),
+                             rtol=1e-6)
+  none = flame.clipped_mean(as_blocks(updates), tf.constant(norms), bound, tf.zeros([7], tf.bool))
+  np.testing.assert_array_equal(none.numpy(), np.zeros(5))
 
 
 def test_median_matches_numpy():

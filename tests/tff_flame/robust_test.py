@@ -1,4 +1,4 @@
-"""Baseline defenses against NumPy re-computations, alone and through TFF."""
+"""Baseline defenses against NumPy re-computations (`tests/oracles.py`), alone and through TFF."""
 
 import numpy as np
 import pathlib
@@ -8,66 +8,75 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 import tff_flame
+from oracles import coordinate_round_numpy
+from oracles import cosine_distances_numpy
+from oracles import foolsgold_round_numpy
+from oracles import foolsgold_weights_numpy
+from oracles import krum_round_numpy
+from oracles import median_numpy
+from oracles import trimmed_mean_numpy
+from tff_flame import blockwise_ops
 from tff_flame import robust
 from tff_flame import stacked_ops
 
 
-def krum_numpy(x, f, m):
-  x = np.asarray(x, np.float64)
-  n = len(x)
-  d = ((x[:, None] - x[None]) ** 2).sum(-1)
-  k = min(max(n - f - 2, 1), n - 1)
-  scores = np.array([np.sort(np.delete(d[i], i))[:k].sum() for i in range(n)])
-  order = np.argsort(scores, kind='stable')[:m]
-  return x[order].mean(axis=0), scores, order
+def as_blocks(x):
+  """The rows as three row blocks (some empty when n < 3), as the gather delivers them."""
+  return [tf.constant(b) for b in np.array_split(np.asarray(x, np.float32), 3)]
+
+
+def krum(x, f, m):
+  aggregate, measurements = robust.krum_round_blocks(as_blocks(x), f, m)
+  return aggregate.numpy(), {k: np.asarray(v) for k, v in measurements.items()}
 
 
 def test_krum_picks_the_smallest_score_and_rejects_the_outlier():
   x = np.array([[0.0, 0.0], [0.1, 0.0], [0.0, 0.2], [0.1, 0.1], [0.05, 0.05], [9.0, 9.0]],
                np.float32)
-  aggregate, m = robust.krum_round(tf.constant(x), num_byzantine=1, num_selected=1)
-  expected, scores, order = krum_numpy(x, 1, 1)
-  np.testing.assert_allclose(m['scores'].numpy(), scores, rtol=1e-5)
-  np.testing.assert_allclose(aggregate.numpy(), expected, rtol=1e-6)
-  assert order[0] == 4 and m['admitted'].numpy().tolist() == [0, 0, 0, 0, 1, 0]
-  assert m['assumption_holds'].numpy() == 1
+  aggregate, m = krum(x, 1, 1)
+  expected, want = krum_round_numpy(x, 1, 1)
+  np.testing.assert_allclose(m['scores'], want['scores'], rtol=1e-5)
+  np.testing.assert_allclose(aggregate, expected, rtol=1e-6)
+  assert want['admitted'].tolist() == [0, 0, 0, 0, 1, 0] and m['admitted'].tolist() == [0, 0, 0, 0, 1, 0]
+  assert m['assumption_holds'] == 1
 
 
 def test_multi_krum_averages_the_n_minus_f_best():
   rng = np.random.default_rng(0)
   x = np.concatenate([rng.normal(size=(8, 5)), 20 + rng.normal(size=(2, 5))]).astype(np.float32)
-  aggregate, m = robust.krum_round(tf.constant(x), num_byzantine=2, num_selected=None)
-  expected, _, order = krum_numpy(x, 2, 8)
-  np.testing.assert_allclose(aggregate.numpy(), expected, rtol=1e-5)
-  assert set(order.tolist()) == set(range(8)) and m['num_admitted'].numpy() == 8
+  aggregate, m = krum(x, 2, None)
+  expected, want = krum_round_numpy(x, 2, None)
+  np.testing.assert_allclose(aggregate, expected, rtol=1e-5)
+  assert want['admitted'].tolist() == [1] * 8 + [0] * 2 and m['num_admitted'] == 8
+  np.testing.assert_array_equal(m['admitted'], want['admitted'])
 
 
 def test_krum_with_too_few_clients_still_runs_and_says_so():
   x = np.array([[0.0], [1.0], [5.0]], np.float32)
-  aggregate, m = robust.krum_round(tf.constant(x), num_byzantine=1, num_selected=1)
-  assert m['assumption_holds'].numpy() == 0 and m['neighbours'].numpy() == 1
-  expected, _, _ = krum_numpy(x, 1, 1)
-  np.testing.assert_allclose(aggregate.numpy(), expected)
+  aggregate, m = krum(x, 1, 1)
+  assert m['assumption_holds'] == 0 and m['neighbours'] == 1
+  expected, _ = krum_round_numpy(x, 1, 1)
+  np.testing.assert_allclose(aggregate, expected)
 
 
 @pytest.mark.parametrize('n', [1, 2, 5, 6, 9])
 def test_median_and_trimmed_mean_match_numpy(n):
   x = np.random.default_rng(n).normal(size=(n, 7))
-  np.testing.assert_allclose(stacked_ops.median(tf.constant(x)).numpy(),
-                             np.median(x, axis=0))
+  np.testing.assert_allclose(stacked_ops.median(tf.constant(x)).numpy(), median_numpy(x))
   for beta in (0.0, 0.1, 0.25, 0.4):
-    cut = int(np.floor(beta * n))
-    expected = np.sort(x, axis=0)[cut:n - cut].mean(axis=0)
-    np.testing.assert_allclose(robust.trimmed_mean(tf.constant(x), beta).numpy(), expected)
+    aggregate, _ = robust.coordinate_round_blocks(
+        as_blocks(x), lambda v, beta=beta: blockwise_ops.trimmed_mean(v, beta))
+    expected, _ = coordinate_round_numpy(x.astype(np.float32), lambda v: trimmed_mean_numpy(v, beta))
+    np.testing.assert_allclose(aggregate.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_non_finite_rows_are_excluded():
   x = np.array([[1.0, 2.0], [np.nan, 0.0], [3.0, 4.0], [np.inf, 1.0], [5.0, 6.0]], np.float32)
-  aggregate, m = robust.coordinate_round(tf.constant(x), stacked_ops.median)
+  aggregate, m = robust.coordinate_round_blocks(as_blocks(x), blockwise_ops.coordinate_median)
   np.testing.assert_allclose(aggregate.numpy(), [3.0, 4.0])
   assert m['num_non_finite'].numpy() == 2 and m['admitted'].numpy().tolist() == [1, 0, 1, 0, 1]
-  aggregate, m = robust.krum_round(tf.constant(x), num_byzantine=0, num_selected=1)
-  assert np.isfinite(aggregate.numpy()).all() and m['admitted'].numpy()[[1, 3]].sum() == 0
+  aggregate, m = krum(x, 0, 1)
+  assert np.isfinite(aggregate).all() and m['admitted'][[1, 3]].sum() == 0
 
 
 VALUE_TYPE = tff.StructWithPythonType(
@@ -95,10 +104,10 @@ def test_factories_through_tff(name):
   process = factory.create(VALUE_TYPE)
   out = process.next(process.initialize(), _values(rows))
   expected = {
-      'krum': lambda: krum_numpy(rows, 2, 1)[0],
-      'multi_krum': lambda: krum_numpy(rows, 2, 6)[0],
-      'median': lambda: np.median(rows.astype(np.float64), axis=0),
-      'trimmed_mean': lambda: np.sort(rows.astype(np.float64), axis=0)[2:6].mean(axis=0),
+      'krum': lambda: krum_round_numpy(rows, 2, 1)[0],
+      'multi_krum': lambda: krum_round_numpy(rows, 2, 6)[0],
+      'median': lambda: coordinate_round_numpy(rows, median_numpy)[0],
+      'trimmed_mean': lambda: coordinate_round_numpy(rows, lambda v: trimmed_mean_numpy(v, 0.25))[0],
   }[name]()
   np.testing.assert_allclose(_flat(out.result), expected, rtol=1e-5, atol=1e-6)
 
@@ -121,34 +130,9 @@ def test_non_finite_filter_leaves_nan_clients_out_of_tff_factories(name):
   assert out.measurements['num_non_finite'] == 1
 
 
-def foolsgold_numpy(updates, kappa=1.0):
-  """FoolsGold's weighting as in the authors' NumPy code (loops and all), then the weighted mean."""
-  x = np.asarray(updates, np.float64)
-  n = len(x)
-  norms = np.linalg.norm(x, axis=1)
-  cs = np.zeros((n, n))
-  for i in range(n):
-    for j in range(n):
-      if i != j and norms[i] > 0 and norms[j] > 0:
-        cs[i, j] = x[i] @ x[j] / (norms[i] * norms[j])
-  maxcs = cs.max(axis=1) + 1e-5
-  for i in range(n):
-    for j in range(n):
-      if i != j and maxcs[i] < maxcs[j]:
-        cs[i][j] = cs[i][j] * maxcs[i] / maxcs[j]
-  wv = 1 - cs.max(axis=1)
-  wv[wv > 1] = 1
-  wv[wv < 0] = 0
-  if wv.max() == 0:
-    return np.zeros(x.shape[1]), np.zeros(n)
-  wv = wv / wv.max()
-  wv[wv == 1] = .99
-  wv = kappa * (np.log(wv / (1 - wv) + 1e-5) + 0.5)
-  wv[np.isinf(wv) | (wv > 1)] = 1
-  wv[wv < 0] = 0
-  if wv.sum() == 0:
-    return np.zeros(x.shape[1]), wv
-  return (wv[:, None] * x).sum(axis=0) / wv.sum(), wv
+def foolsgold(rows, kappa=1.0):
+  aggregate, measurements = robust.foolsgold_round_blocks(as_blocks(rows), kappa)
+  return aggregate.numpy(), {k: np.asarray(v) for k, v in measurements.items()}
 
 
 def sybil_round(rng, n_benign=7, n_sybil=3, d=12):
@@ -161,45 +145,46 @@ def sybil_round(rng, n_benign=7, n_sybil=3, d=12):
 @pytest.mark.parametrize('seed,kappa', [(0, 1.0), (1, 1.0), (2, 0.5), (3, 2.0)])
 def test_foolsgold_matches_the_authors_numpy_weighting(seed, kappa):
   rows = sybil_round(np.random.default_rng(seed))
-  aggregate, m = robust.foolsgold_round(tf.constant(rows), kappa=kappa)
-  expected, weights = foolsgold_numpy(rows, kappa)
-  np.testing.assert_allclose(m['weights'].numpy(), weights, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(aggregate.numpy(), expected, rtol=1e-4, atol=1e-6)
+  aggregate, m = foolsgold(rows, kappa=kappa)
+  expected, want = foolsgold_round_numpy(rows, kappa=kappa)
+  weights = want['weights']
+  np.testing.assert_allclose(m['weights'], weights, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(aggregate, expected, rtol=1e-4, atol=1e-6)
   # The colluding sybils get weight 0; the benign clients keep some.
-  assert m['admitted'].numpy().tolist() == (weights > 0).astype(int).tolist()
-  assert m['admitted'].numpy()[7:].sum() == 0 and m['admitted'].numpy()[:7].sum() >= 1
+  assert m['admitted'].tolist() == (weights > 0).astype(int).tolist()
+  assert m['admitted'][7:].sum() == 0 and m['admitted'][:7].sum() >= 1
 
 
 def test_foolsgold_pardons_and_handles_degenerate_rounds():
   # Mixed signs and a zero row: compare every weight with the reference.
   x = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [-1.0, 0.2, 0.0], [0.0, 0.0, 0.0],
                 [0.0, 1.0, 1.0]], np.float32)
-  _, m = robust.foolsgold_round(tf.constant(x))
-  np.testing.assert_allclose(m['weights'].numpy(), foolsgold_numpy(x)[1], rtol=1e-5, atol=1e-6)
+  _, m = foolsgold(x)
+  np.testing.assert_allclose(m['weights'], foolsgold_weights_numpy(x), rtol=1e-5, atol=1e-6)
   # Identical updates: every weight is 0, no update.
   same = np.ones((4, 3), np.float32)
-  aggregate, m = robust.foolsgold_round(tf.constant(same))
-  assert m['num_admitted'].numpy() == 0 and m['fallback'].numpy() == 1
-  np.testing.assert_array_equal(aggregate.numpy(), np.zeros(3))
+  aggregate, m = foolsgold(same)
+  assert m['num_admitted'] == 0 and m['fallback'] == 1
+  np.testing.assert_array_equal(aggregate, np.zeros(3))
   # One client: admitted with weight 1.
-  aggregate, m = robust.foolsgold_round(tf.constant([[2.0, -1.0]]))
-  np.testing.assert_allclose(aggregate.numpy(), [2.0, -1.0])
-  assert m['weights'].numpy().tolist() == [1.0]
+  aggregate, m = foolsgold(np.array([[2.0, -1.0]], np.float32))
+  np.testing.assert_allclose(aggregate, [2.0, -1.0])
+  assert m['weights'].tolist() == [1.0]
   # Non-finite rows get weight 0 and stay out of the similarities.
   rows = sybil_round(np.random.default_rng(5))
   with_nan = np.concatenate([rows[:4], [[np.nan] * 12], rows[4:]]).astype(np.float32)
-  aggregate, m = robust.foolsgold_round(tf.constant(with_nan))
-  expected, weights = foolsgold_numpy(rows)
-  np.testing.assert_allclose(np.delete(m['weights'].numpy(), 4), weights, rtol=1e-5, atol=1e-6)
-  assert m['weights'].numpy()[4] == 0 and m['num_non_finite'].numpy() == 1
-  np.testing.assert_allclose(aggregate.numpy(), expected, rtol=1e-4, atol=1e-6)
-  # A separate history decides the weights; the updates are what gets averaged.
+  aggregate, m = foolsgold(with_nan)
+  expected, want = foolsgold_round_numpy(rows)
+  np.testing.assert_allclose(np.delete(m['weights'], 4), want['weights'], rtol=1e-5, atol=1e-6)
+  assert m['weights'][4] == 0 and m['num_non_finite'] == 1
+  np.testing.assert_allclose(aggregate, expected, rtol=1e-4, atol=1e-6)
+  # Histories kept by a caller that knows the client ids: weights from their similarities.
   history = sybil_round(np.random.default_rng(6))
-  updates = np.random.default_rng(7).normal(size=history.shape).astype(np.float32)
-  aggregate, m = robust.foolsgold_round(tf.constant(updates), tf.constant(history))
-  weights = foolsgold_numpy(history)[1]
-  np.testing.assert_allclose(aggregate.numpy(), (weights[:, None] * updates).sum(0) / weights.sum(),
-                             rtol=1e-4, atol=1e-6)
+  weights = robust.foolsgold_weights_from_cosine(
+      tf.constant(1.0 - cosine_distances_numpy(history))).numpy()
+  want_weights = foolsgold_weights_numpy(history)
+  np.testing.assert_allclose(weights, want_weights, rtol=1e-5, atol=1e-6)
+  assert weights[7:].sum() == 0 and want_weights[7:].sum() == 0
   with pytest.raises(ValueError, match='kappa'):
     tff_flame.FoolsGoldFactory(kappa=0.0)
 
@@ -208,7 +193,8 @@ def test_foolsgold_through_tff():
   rows = sybil_round(np.random.default_rng(8), d=7)
   process = tff_flame.FoolsGoldFactory().create(VALUE_TYPE)
   out = process.next(process.initialize(), _values(rows))
-  expected, weights = foolsgold_numpy(rows)
+  expected, want = foolsgold_round_numpy(rows)
+  weights = want['weights']
   np.testing.assert_allclose(_flat(out.result), expected, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(np.sort(out.measurements['weights']), np.sort(weights),
                              rtol=1e-5, atol=1e-6)
