@@ -113,6 +113,10 @@ class ExperimentConfig:
   flame_distance: Optional[str] = param(
       None, "FLAME's clustering distance: `cosine` or `euclidean`", choices=FLAME_DISTANCES,
       default_text='cosine between models, Euclidean between updates')
+  alike_threshold: float = param(2.0, 'flame_hardened: an alike pair is this many MADs above '
+                                 "the median pair's update cosine similarity", lower=0.0)
+  alike_group: int = param(3, 'flame_hardened: the smallest group of alike updates it rejects',
+                           lower=2)
   num_byzantine: Optional[int] = param(None, 'krum, multi_krum: f', lower=0,
                                        default_text='expected attackers per round')
   trim_fraction: float = param(0.2, 'trimmed_mean: share cut at each end per coordinate',

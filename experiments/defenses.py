@@ -58,6 +58,16 @@ def _flame(config):
                                 distance=config.flame_distance, max_clients=max_clients(config))
 
 
+@register('flame_hardened', 'FLAME after rejecting groups of `--alike_group` or more updates '
+          'more alike than benign ones (`HardenedFlameFactory`)', filtering=True)
+def _flame_hardened(config):
+  return tff_flame.HardenedFlameFactory(
+      alike_threshold=config.alike_threshold, alike_group=config.alike_group,
+      noise_lambda=config.noise_lambda, seed=config.seed,
+      clustering_space=config.clustering_space, distance=config.flame_distance,
+      max_clients=max_clients(config))
+
+
 @register('krum', 'Krum (Blanchard et al. 2017; `KrumFactory`)', filtering=True)
 def _krum(config):
   return tff_flame.KrumFactory(num_byzantine(config), num_selected=1,

@@ -71,26 +71,31 @@ def _measurements(usable, admitted, **own):
 
 
 def flame_round_numpy(updates, min_cluster_size=None, reference=None, distance=None,
-                      noise_lambda=0.0):
+                      noise_lambda=0.0, candidates=None):
   """FLAME's round without its noise: (aggregate, measurements).
 
   reference: the global model G to cluster the models G - delta_i; None
   clusters the updates. distance: 'cosine' or 'euclidean'; None = cosine with
   a reference (models), Euclidean without (updates), as FLAME's defaults.
+  candidates: bool [n], the clients that may be clustered (default all);
+  the default min cluster size is then half of the usable candidates + 1,
+  while S_t stays the median over all usable clients.
   Measurements as `flame.flame_measurements`; `noise_stddev` is
   noise_lambda * S_t (0 on fallback); `cluster_labels` are the package's ids.
   """
   distance = distance or ('euclidean' if reference is None else 'cosine')
   updates = np.asarray(updates, np.float64)
   n = updates.shape[0]
-  mcs = n // 2 + 1 if min_cluster_size is None else min_cluster_size
   usable = usable_rows(updates)
-  idx = np.flatnonzero(usable)
+  eligible = usable if candidates is None else usable & np.asarray(candidates, bool)
+  mcs = (n if candidates is None else int(eligible.sum())) // 2 + 1
+  mcs = mcs if min_cluster_size is None else min_cluster_size
+  idx = np.flatnonzero(eligible)
   safe = np.where(usable[:, None], updates, 0.0)
   points = safe if reference is None else np.asarray(reference, np.float64)[None] - safe
   labels = -np.ones(n, np.int32)
   if n == 1:
-    labels[usable] = 0
+    labels[eligible] = 0
   elif len(idx) >= max(2, mcs):
     distances = (cosine_distances_numpy if distance == 'cosine' else
                  euclidean_distances_numpy)(points[idx])
@@ -109,6 +114,36 @@ def flame_round_numpy(updates, min_cluster_size=None, reference=None, distance=N
   return aggregate, _measurements(
       usable, admitted, cluster_labels=labels, update_norms=norms, clipping_bound=bound,
       noise_stddev=0.0 if fallback else noise_lambda * bound, fallback=int(fallback))
+
+
+def alike_numpy(updates, alike_threshold=2.0, alike_group=3) -> tuple:
+  """(alike bool [n], tau): usable clients with >= alike_group - 1 usable others whose update
+  cosine similarity exceeds tau = median + threshold x 1.4826 x MAD over the usable pairs."""
+  updates = np.asarray(updates, np.float64)
+  usable = usable_rows(updates)
+  idx = np.flatnonzero(usable)
+  alike = np.zeros(len(updates), bool)
+  if len(idx) < 2:
+    return alike, float('inf')
+  similarity = 1.0 - cosine_distances_numpy(updates[idx])
+  pairs = similarity[np.triu_indices(len(idx), 1)]
+  median = np.median(pairs)
+  tau = median + alike_threshold * 1.4826 * np.median(np.abs(pairs - median))
+  above = similarity > tau
+  np.fill_diagonal(above, False)
+  alike[idx] = above.sum(axis=1) >= alike_group - 1
+  return alike, float(tau)
+
+
+def hardened_round_numpy(updates, reference=None, alike_threshold=2.0, alike_group=3,
+                         noise_lambda=0.0):
+  """The hardened FLAME's round without noise: FLAME on the clients that are not alike."""
+  alike, tau = alike_numpy(updates, alike_threshold, alike_group)
+  aggregate, measurements = flame_round_numpy(updates, reference=reference,
+                                              noise_lambda=noise_lambda, candidates=~alike)
+  measurements.update(alike=alike.astype(np.int32), num_alike=int(alike.sum()),
+                      alike_similarity=tau)
+  return aggregate, measurements
 
 
 def krum_round_numpy(updates, num_byzantine, num_selected=1):

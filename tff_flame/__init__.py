@@ -9,6 +9,7 @@ from tff_flame.clustering import hdbscan_labels
 from tff_flame.flame import FlameFactory
 from tff_flame.flame import noise_lambda_from_privacy
 from tff_flame.gathered import GatheredAggregationFactory
+from tff_flame.hardened import HardenedFlameFactory
 from tff_flame.learning import build_flame_fed_avg
 from tff_flame.robust import CoordinateMedianFactory
 from tff_flame.robust import FoolsGoldFactory
@@ -18,6 +19,7 @@ from tff_flame.robust import TrimmedMeanFactory
 
 __all__ = [
     'CoordinateMedianFactory', 'FlameFactory', 'FoolsGoldFactory', 'GatheredAggregationFactory',
+    'HardenedFlameFactory',
     'KrumFactory', 'NonFiniteFilterFactory', 'TrimmedMeanFactory', 'build_flame_fed_avg', 'hdbscan_labels',
     'noise_lambda_from_privacy',
 ]

@@ -104,24 +104,30 @@ def distances_from_gram(gram: tf.Tensor, distance: str) -> tf.Tensor:
   return tf.sqrt(blockwise_ops.squared_distances_from_gram(gram))
 
 
-def client_distances(blocks, distance: str,
-                     global_model: Optional[tf.Tensor] = None) -> tuple:
-  """(distances [n, n], norms [n], finite [n]) of the clients, in one pass over the blocks.
+def client_geometry(blocks, distance: str, global_model: Optional[tf.Tensor] = None) -> tuple:
+  """(distances [n, n], update Gram [n, n], norms [n], finite [n]), in one pass over the blocks.
 
   Distances are between the updates, or with `global_model` and cosine between
   the local models G - delta_i (Euclidean distance is the same in both
-  spaces, so it needs no G). Norms are the updates' float64 L2 norms, 0 for a
-  client that is not finite (NaN, Inf, or a norm above float32's max; see
-  `blockwise_ops.finite_rows`); the distances of such a client are not to be
-  read.
+  spaces, so it needs no G); the Gram matrix is always the updates'. Norms
+  are the updates' float64 L2 norms, 0 for a client that is not finite (NaN,
+  Inf, or a norm above float32's max; see `blockwise_ops.finite_rows`); the
+  distances and Gram entries of such a client are not to be read.
   """
   reference = global_model if distance == 'cosine' else None
   gram, norms, products = blockwise_ops.gram_and_norms(blocks, tf.float32, reference)
   finite = blockwise_ops.finite_rows(blocks, norms)
-  if reference is not None:
-    gram = blockwise_ops.model_space_gram(gram, products, reference)
+  points_gram = (gram if reference is None else
+                 blockwise_ops.model_space_gram(gram, products, reference))
   norms = tf.where(finite, norms, tf.zeros_like(norms))
-  return distances_from_gram(gram, distance), norms, finite
+  return distances_from_gram(points_gram, distance), gram, norms, finite
+
+
+def client_distances(blocks, distance: str,
+                     global_model: Optional[tf.Tensor] = None) -> tuple:
+  """(distances [n, n], norms [n], finite [n]): `client_geometry` without the Gram matrix."""
+  distances, _, norms, finite = client_geometry(blocks, distance, global_model)
+  return distances, norms, finite
 
 
 def clipping_bound(norms: tf.Tensor, finite: tf.Tensor) -> tf.Tensor:
@@ -284,10 +290,14 @@ class FlameFactory(gathered.GatheredAggregationFactory):
     return collections.OrderedDict(
         seed=tf.constant(self._seed, tf.int64), round_num=tf.constant(0, tf.int64))
 
+  def round_blocks(self, blocks, noise_seed: tf.Tensor, global_model) -> tuple:
+    """(aggregate, measurements) of one round; a variant of FLAME overrides this."""
+    return flame_round_blocks(
+        blocks, noise_seed, self._noise_lambda, self._min_cluster_size, self._min_samples,
+        global_model=global_model, labels_fn=clustering.hdbscan_labels, distance=self._distance)
+
   def server_step(self, state, blocks, global_model):
     seed = tf.stack([state['seed'], state['round_num']])
-    aggregate, measurements = flame_round_blocks(
-        blocks, seed, self._noise_lambda, self._min_cluster_size, self._min_samples,
-        global_model=global_model, labels_fn=clustering.hdbscan_labels, distance=self._distance)
+    aggregate, measurements = self.round_blocks(blocks, seed, global_model)
     new_state = collections.OrderedDict(seed=state['seed'], round_num=state['round_num'] + 1)
     return new_state, aggregate, measurements

@@ -135,14 +135,15 @@ def test_coordinate_blocks_equal_numpy(n):
     np.testing.assert_allclose(got_agg, want_agg, rtol=1e-5, atol=1e-6)
 
 
-GATHERING = ['flame', 'flame_model', 'krum', 'multi_krum', 'median', 'trimmed_mean', 'foolsgold']
+GATHERING = ['flame', 'flame_model', 'flame_hardened', 'krum', 'multi_krum', 'median',
+             'trimmed_mean', 'foolsgold']
 ALL = GATHERING + ['norm_bounding', 'weak_dp']
 NUM_CLIENTS = 14
 GLOBAL_MODEL = np.linspace(-1.0, 1.0, DIM).astype(np.float32)
 
 
 def make_aggregator(name):
-  space = 'model' if name == 'flame_model' else 'update'
+  space = 'model' if name in ('flame_model', 'flame_hardened') else 'update'
   return defenses.defense_factory(config_lib.ExperimentConfig(
       defense='flame' if name == 'flame_model' else name, noise_lambda=0.0,
       clustering_space=space, num_byzantine=5, trim_fraction=0.2, norm_bound=1.0,
@@ -182,6 +183,8 @@ def numpy_round(name, rows):
   if name in ('flame', 'flame_model'):
     return oracles.flame_round_numpy(rows,
                                      reference=GLOBAL_MODEL if name == 'flame_model' else None)
+  if name == 'flame_hardened':
+    return oracles.hardened_round_numpy(rows, reference=GLOBAL_MODEL)
   if name in ('krum', 'multi_krum'):
     return oracles.krum_round_numpy(rows, 5, 1 if name == 'krum' else None)
   if name == 'median':
@@ -207,7 +210,11 @@ def test_through_tff_equals_numpy_with_aligned_payload(processes, name):
   np.testing.assert_allclose(flat(out.result), want_agg, rtol=1e-5, atol=1e-6)
   if name.startswith('flame'):
     assert m['clipping_bound'] == pytest.approx(want['clipping_bound'], rel=1e-12)
-    assert m['num_admitted'] >= NUM_CLIENTS // 2 + 1
+    candidates = NUM_CLIENTS - want.get('num_alike', 0) - want['num_non_finite']
+    assert m['num_admitted'] >= (NUM_CLIENTS if name != 'flame_hardened' else candidates) // 2 + 1
+    if name == 'flame_hardened':
+      assert admitted_bytes(rows[order], np.asarray(m['alike'])) == admitted_bytes(
+          rows, want['alike'])
 
 
 def huge_cases():
