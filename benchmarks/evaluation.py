@@ -27,40 +27,26 @@ shows what has been measured so far.
 
 import collections
 import concurrent.futures
-import json
 import os
 import pathlib
-import subprocess
 import threading
 import time
 
 from absl import app
 from absl import flags
-import numpy as np
 
+from benchmarks import cells as cells_lib
 from benchmarks import training_runs
-from experiments import defenses
+from benchmarks.cells import BASE
+from benchmarks.cells import Cell
+from benchmarks.cells import DEFENSE_FLAGS
+from benchmarks.cells import FILTERING
+from benchmarks.cells import read_cell
+from benchmarks.cells import run_cell
+from benchmarks.cells import variant_name
 from experiments import plots
 
-REPO = training_runs.REPO
-DOCS = REPO / 'docs'
-
-TASK_FLAGS = training_runs.TASK_FLAGS  # fashion_mnist: sized for the 2-core machine there
-
-# Defense labels -> flags: every registered defense, with FLAME's two update-space variants
-# after it: `flame_bare` is FlameFactory() on updates alone (Euclidean distance), and
-# `flame_bare_cosine` the update-space cosine it replaced.
-FLAME_VARIANTS = collections.OrderedDict([
-    ('flame_bare', ['--defense=flame', '--clustering_space=update']),
-    ('flame_bare_cosine', ['--defense=flame', '--clustering_space=update',
-                           '--flame_distance=cosine']),
-])
-DEFENSE_FLAGS = collections.OrderedDict()
-for _name in defenses.DEFENSES:
-  DEFENSE_FLAGS[_name] = [f'--defense={_name}']
-  if _name == 'flame':
-    DEFENSE_FLAGS.update(FLAME_VARIANTS)
-FILTERING = defenses.FILTERING + tuple(FLAME_VARIANTS)
+DOCS = cells_lib.REPO / 'docs'
 MAIN_ATTACKS = ('constrain_and_scale', 'pgd_scaled', 'dba', 'data_poisoning')
 SWEEP_DEFENSES = ('none', 'flame', 'multi_krum')
 SWEEPS = collections.OrderedDict([
@@ -77,14 +63,7 @@ TASK_ATTACKS = collections.OrderedDict([
     ('nbaiot', ('constrain_and_scale', 'pgd_scaled', 'data_poisoning')),
     ('shakespeare', ('constrain_and_scale',)),
 ])
-BASE = 'base'
-
-Cell = collections.namedtuple('Cell', 'task attack defense variant seed')
 FLAGS = flags.FLAGS
-
-def variant_name(axis, value) -> str:
-  return BASE if axis is None else f'{axis}={value}'
-
 
 def cells_of(section: str) -> list:
   """The cells of one section, most important first."""
@@ -132,84 +111,6 @@ def run_order(sections) -> list:
   return [c for _, _, c in sorted(ranked)]
 
 
-def cell_dir(output_dir, cell: Cell) -> pathlib.Path:
-  return (pathlib.Path(output_dir) / cell.task / cell.attack / cell.defense / cell.variant /
-          f'seed{cell.seed}')
-
-
-def cell_flags(cell: Cell, output_dir) -> list:
-  variant = [] if cell.variant == BASE else [f'--{cell.variant}']
-  return ([f'--task={cell.task}'] + TASK_FLAGS[cell.task] + variant +
-          DEFENSE_FLAGS[cell.defense] +
-          [f'--attack={cell.attack}', f'--seed={cell.seed}',
-           f'--output_dir={cell_dir(output_dir, cell)}'])
-
-
-def code_version() -> str:
-  out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, capture_output=True,
-                       text=True)
-  dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=REPO,
-                         capture_output=True, text=True).stdout.strip()
-  return out.stdout.strip() + ('+local changes' if dirty else '')
-
-
-def run_cell(output_dir, cell: Cell) -> tuple:
-  """Runs the cell unless it finished; returns (seconds, status)."""
-  out = cell_dir(output_dir, cell)
-  if (out / 'summary.json').exists():
-    return 0.0, 'cached'
-  out.mkdir(parents=True, exist_ok=True)
-  with open(out / 'cell.json', 'w') as f:
-    json.dump(dict(flags=cell_flags(cell, output_dir), code=code_version()), f, indent=2)
-  seconds, code = training_runs.run_training(out, cell_flags(cell, output_dir))
-  return seconds, 'ok' if code == 0 else f'exit {code}'
-
-
-def read_cell(output_dir, cell: Cell):
-  """The cell's metrics, or None while it has not finished."""
-  out = cell_dir(output_dir, cell)
-  if not (out / 'summary.json').exists():
-    return None
-  summary = json.loads((out / 'summary.json').read_text())
-  rounds = [json.loads(l) for l in (out / 'rounds.jsonl').read_text().splitlines()]
-  attacked = [r for r in rounds if r.get('attacking')]
-  per_round = summary['config']['clients_per_round']
-  half = [r for r in attacked if 2 * r.get('num_malicious', 0) >= per_round]
-  meta = json.loads((out / 'cell.json').read_text()) if (out / 'cell.json').exists() else {}
-  mean = lambda rows, key: _mean([r.get(key) for r in rows])
-  return dict(
-      main_accuracy=rounds[-1]['main_accuracy'], backdoor_accuracy=rounds[-1]['backdoor_accuracy'],
-      attack_ba=mean(attacked, 'backdoor_accuracy'), tpr=mean(attacked, 'tpr'),
-      tnr=mean(attacked or rounds, 'tnr'), attack_rounds=len(attacked), half_rounds=len(half),
-      pretrain_ma=(summary.get('pretrain') or {}).get('main_accuracy'),
-      seconds=summary['seconds'], code=meta.get('code'), rounds=rounds)
-
-
-def _mean(values):
-  values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
-  return float(np.mean(values)) if values else None
-
-
-def _pct(value, std=None) -> str:
-  if value is None:
-    return '-'
-  return f'{100 * value:.1f}' + ('' if std is None else f' ± {100 * std:.1f}')
-
-
-def _over_seeds(results, cell: Cell, key):
-  """(mean, std or None, number of seeds) of a metric over the finished seeds 0..2."""
-  values = [results[c][key] for c in (cell._replace(seed=s) for s in range(3))
-            if results.get(c) and results[c][key] is not None]
-  if not values:
-    return None, None, 0
-  return float(np.mean(values)), (float(np.std(values)) if len(values) > 1 else None), len(values)
-
-
-def _seeded(results, cell, key) -> str:
-  mean, std, count = _over_seeds(results, cell, key)
-  return _pct(mean, std) + (f' ({count})' if count > 1 else '')
-
-
 def main_table(results, task: str = 'fashion_mnist', attacks=MAIN_ATTACKS) -> list:
   """Defenses x attacks: MA / BA (mean ± std where seeds 1 and 2 ran), then TPR / TNR."""
   lines = ['| defense | ' + ' | '.join(f'{a} MA / BA' for a in attacks) +
@@ -221,11 +122,11 @@ def main_table(results, task: str = 'fashion_mnist', attacks=MAIN_ATTACKS) -> li
     row = [d]
     for a in attacks:
       c = Cell(task, a, d, BASE, 0)
-      row.append(f"{_seeded(results, c, 'main_accuracy')} / "
-                 f"{_seeded(results, c, 'backdoor_accuracy')}")
+      row.append(f"{cells_lib.seeded(results, c, 'main_accuracy')} / "
+                 f"{cells_lib.seeded(results, c, 'backdoor_accuracy')}")
     for a in attacks:
       r = results.get(Cell(task, a, d, BASE, 0))
-      row.append('-' if d not in FILTERING or not r else f"{_pct(r['tpr'])} / {_pct(r['tnr'])}")
+      row.append('-' if d not in FILTERING or not r else f"{cells_lib.pct(r['tpr'])} / {cells_lib.pct(r['tnr'])}")
     lines.append('| ' + ' | '.join(row) + ' |')
   return lines
 
@@ -240,10 +141,10 @@ def detail_table(results, cells) -> list:
     name = f'{c.attack} / {c.defense}' + ('' if c.variant == BASE else f' / {c.variant}') + (
         f' / seed {c.seed}')
     filtering = c.defense in FILTERING
-    lines.append(f"| {name} | {_pct(r['main_accuracy'])} | {_pct(r['backdoor_accuracy'])} | "
-                 f"{_pct(r['attack_ba'])} | {_pct(r['tpr']) if filtering else '-'} | "
-                 f"{_pct(r['tnr']) if filtering else '-'} | {r['half_rounds']} of "
-                 f"{r['attack_rounds']} | {_pct(r['pretrain_ma'])} | {r['seconds']:.0f} |")
+    lines.append(f"| {name} | {cells_lib.pct(r['main_accuracy'])} | {cells_lib.pct(r['backdoor_accuracy'])} | "
+                 f"{cells_lib.pct(r['attack_ba'])} | {cells_lib.pct(r['tpr']) if filtering else '-'} | "
+                 f"{cells_lib.pct(r['tnr']) if filtering else '-'} | {r['half_rounds']} of "
+                 f"{r['attack_rounds']} | {cells_lib.pct(r['pretrain_ma'])} | {r['seconds']:.0f} |")
   return lines
 
 
@@ -254,8 +155,8 @@ def targets(results) -> list:
   clean = results.get(clean_cell)
   if not clean:
     return ['(the no-attack run has not finished)']
-  lines = [f"Reference, no attack and no defense: MA {_pct(clean['main_accuracy'])}, BA "
-           f"{_pct(clean['backdoor_accuracy'])} (the floor of the backdoor metric).", '',
+  lines = [f"Reference, no attack and no defense: MA {cells_lib.pct(clean['main_accuracy'])}, BA "
+           f"{cells_lib.pct(clean['backdoor_accuracy'])} (the floor of the backdoor metric).", '',
            '| cell | BA - clean BA | MA - clean MA | TPR | TNR | met |',
            '|---|---|---|---|---|---|']
   cells = [Cell('fashion_mnist', a, 'flame', BASE, 0) for a in ('constrain_and_scale',
@@ -264,12 +165,12 @@ def targets(results) -> list:
       'malicious_fraction', f), 0) for f in (0.1, 0.2, 0.4)]
   rows = [(c, results.get(c), clean, '') for c in cells]
   # Where seeds 1 and 2 ran: the same check on the means over seeds (clean: over its seeds).
-  clean_mean = {k: _over_seeds(results, clean_cell, k)[0]
+  clean_mean = {k: cells_lib.over_seeds(results, clean_cell, k)[0]
                 for k in ('main_accuracy', 'backdoor_accuracy')}
   for c in cells:
-    count = _over_seeds(results, c, 'backdoor_accuracy')[2]
+    count = cells_lib.over_seeds(results, c, 'backdoor_accuracy')[2]
     if count > 1:
-      mean = {k: _over_seeds(results, c, k)[0]
+      mean = {k: cells_lib.over_seeds(results, c, k)[0]
               for k in ('main_accuracy', 'backdoor_accuracy', 'tpr', 'tnr')}
       rows.append((c, mean, clean_mean, f'mean of {count} seeds'))
   for c, r, ref, note in rows:
@@ -281,26 +182,17 @@ def targets(results) -> list:
     label = (c.attack + ('' if c.variant == BASE else f' ({c.variant})') +
              (f' ({note})' if note else ''))
     missed = [name for name, ok in zip(('BA', 'MA', 'TPR', 'TNR'), met) if not ok]
-    lines.append(f"| {label} | {100 * dba:+.1f} | {100 * dma:+.1f} | {_pct(r['tpr'])} | "
-                 f"{_pct(r['tnr'])} | {'no: ' + ', '.join(missed) if missed else 'yes'} |")
+    lines.append(f"| {label} | {100 * dba:+.1f} | {100 * dma:+.1f} | {cells_lib.pct(r['tpr'])} | "
+                 f"{cells_lib.pct(r['tnr'])} | {'no: ' + ', '.join(missed) if missed else 'yes'} |")
   quiet = results.get(Cell('fashion_mnist', 'none', 'flame', BASE, 0))
   if quiet:
-    admitted = _mean([r.get('num_admitted') for r in quiet['rounds']])
-    per_round = _mean([r.get('num_clients') for r in quiet['rounds']])
+    admitted = cells_lib.mean_of([r.get('num_admitted') for r in quiet['rounds']])
+    per_round = cells_lib.mean_of([r.get('num_clients') for r in quiet['rounds']])
     lines += ['', f'With no attacker, FLAME admitted {admitted:.1f} of {per_round:.0f} clients a '
-              f"round on average (TNR {_pct(quiet['tnr'])}): non-IID benign models are spread, "
+              f"round on average (TNR {cells_lib.pct(quiet['tnr'])}): non-IID benign models are spread, "
               'and the majority cluster is then about its minimum size, n // 2 + 1. So the TNR '
               'target is out of reach when few attackers are drawn.']
   return lines
-
-
-def _save_if_drawn(plt, fig, path, drawn: bool) -> bool:
-  """Writes the figure when it holds any data; closes it either way."""
-  fig.tight_layout()
-  if drawn:
-    fig.savefig(path, dpi=90)
-  plt.close(fig)
-  return drawn
 
 
 def plot_sweeps(results, path) -> bool:
@@ -327,7 +219,7 @@ def plot_sweeps(results, path) -> bool:
         axes[row][col].set_xscale('log')
     axes[0][col].legend(fontsize=7)
   fig.suptitle('fashion_mnist, constrain-and-scale: FLAME against none and Multi-Krum')
-  return _save_if_drawn(plt, fig, path, drawn)
+  return cells_lib.save_if_drawn(plt, fig, path, drawn)
 
 
 def plot_main_rounds(results, path) -> bool:
@@ -344,14 +236,14 @@ def plot_main_rounds(results, path) -> bool:
                           [x['backdoor_accuracy'] for x in r['rounds']], marker='.', label=d)
     axes[0][col].set(title=a, xlabel='round', ylabel='BA', ylim=(-0.02, 1.02))
   axes[0][0].legend(fontsize=6)
-  return _save_if_drawn(plt, fig, path, drawn)
+  return cells_lib.save_if_drawn(plt, fig, path, drawn)
 
 
 def task_table(results, task) -> list:
   """A task's main table (seed 0), then its cells with BA over the attack rounds."""
   clean = results.get(Cell(task, 'none', 'none', BASE, 0))
-  lines = [f"No attack, no defense: MA {_pct(clean and clean['main_accuracy'])}, BA "
-           f"{_pct(clean and clean['backdoor_accuracy'])}.", '']
+  lines = [f"No attack, no defense: MA {cells_lib.pct(clean and clean['main_accuracy'])}, BA "
+           f"{cells_lib.pct(clean and clean['backdoor_accuracy'])}.", '']
   lines += main_table(results, task, TASK_ATTACKS[task]) + ['']
   return lines + detail_table(results, [Cell(task, a, d, BASE, 0) for a in TASK_ATTACKS[task]
                                         for d in DEFENSE_FLAGS])
@@ -372,8 +264,8 @@ def paper_side_by_side(results) -> list:
     r = results.get(Cell(task, 'constrain_and_scale', 'flame', BASE, 0))
     clean = results.get(Cell(task, 'none', 'none', BASE, 0))
     if r:
-      ours.append((task, _pct(r['backdoor_accuracy']), _pct(r['main_accuracy']),
-                   _pct(clean and clean['main_accuracy'])))
+      ours.append((task, cells_lib.pct(r['backdoor_accuracy']), cells_lib.pct(r['main_accuracy']),
+                   cells_lib.pct(clean and clean['main_accuracy'])))
   for i in range(max(len(PAPER_FLAME), len(ours))):
     paper = PAPER_FLAME[i] if i < len(PAPER_FLAME) else None
     left = [paper[0]] + [f'{v:.1f}' for v in paper[1:]] if paper else ['', '', '', '']
@@ -394,7 +286,7 @@ def bare_path_table(results) -> list:
     for task in REPORT_TASKS[:3]:
       r = results.get(Cell(task, 'constrain_and_scale', d, BASE, 0))
       row.append('-' if not r else
-                 f"{_pct(r['tpr'])} / {_pct(r['tnr'])} / {_pct(r['backdoor_accuracy'])}")
+                 f"{cells_lib.pct(r['tpr'])} / {cells_lib.pct(r['tnr'])} / {cells_lib.pct(r['backdoor_accuracy'])}")
     lines.append('| ' + ' | '.join(row) + ' |')
   return lines
 

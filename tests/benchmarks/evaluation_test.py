@@ -7,12 +7,13 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks import cells
 from benchmarks import evaluation
-from benchmarks.evaluation import Cell
+from benchmarks.cells import Cell
 
 
 def write_cell(root, cell, rounds, clients_per_round=10, pretrain_ma=0.6):
-  out = evaluation.cell_dir(root, cell)
+  out = cells.cell_dir(root, cell)
   out.mkdir(parents=True)
   (out / 'rounds.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rounds))
   (out / 'summary.json').write_text(json.dumps(dict(
@@ -35,7 +36,7 @@ def test_run_order_holds_every_cell_once_most_needed_first():
   assert sorted(order) == sorted(every) and len(set(order)) == len(order)
   first_other = min(i for i, c in enumerate(order) if c.attack not in ('none',
                                                                         'constrain_and_scale'))
-  assert all(c.task == 'fashion_mnist' and c.seed == 0 and c.variant == evaluation.BASE
+  assert all(c.task == 'fashion_mnist' and c.seed == 0 and c.variant == cells.BASE
              for c in order[:first_other] if c.task == 'fashion_mnist')
   assert order.index(Cell('fashion_mnist', 'constrain_and_scale', 'flame', 'base', 0)) < \
       order.index(Cell('fashion_mnist', 'dba', 'none', 'base', 0)) < \
@@ -46,20 +47,20 @@ def test_run_order_holds_every_cell_once_most_needed_first():
 
 def test_cell_flags_name_the_variant_defense_and_seed(tmp_path):
   cell = Cell('fashion_mnist', 'dba', 'flame_bare', 'malicious_fraction=0.4', 2)
-  flags = evaluation.cell_flags(cell, tmp_path)
+  flags = cells.cell_flags(cell, tmp_path)
   assert '--malicious_fraction=0.4' in flags and '--seed=2' in flags
   assert '--clustering_space=update' in flags and '--attack=dba' in flags
-  assert flags[-1] == f'--output_dir={evaluation.cell_dir(tmp_path, cell)}'
-  for task in evaluation.TASK_FLAGS:  # every cell names its task exactly once
-    flags = evaluation.cell_flags(Cell(task, 'none', 'none', 'base', 0), tmp_path)
+  assert flags[-1] == f'--output_dir={cells.cell_dir(tmp_path, cell)}'
+  for task in cells.TASK_FLAGS:  # every cell names its task exactly once
+    flags = cells.cell_flags(Cell(task, 'none', 'none', 'base', 0), tmp_path)
     assert [f for f in flags if f.startswith('--task=')] == [f'--task={task}']
 
 
 def test_read_cell_metrics(tmp_path):
   cell = Cell('fashion_mnist', 'constrain_and_scale', 'flame', 'base', 0)
-  assert evaluation.read_cell(tmp_path, cell) is None
+  assert cells.read_cell(tmp_path, cell) is None
   write_cell(tmp_path, cell, attack_rounds(0.7, 0.1))
-  r = evaluation.read_cell(tmp_path, cell)
+  r = cells.read_cell(tmp_path, cell)
   assert r['main_accuracy'] == 0.7 and r['backdoor_accuracy'] == pytest.approx(0.3)
   assert r['attack_ba'] == pytest.approx(0.2)
   assert r['tpr'] == pytest.approx(2.5 / 3) and r['tnr'] == pytest.approx(0.9)
