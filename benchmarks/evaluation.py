@@ -35,6 +35,7 @@ import time
 from absl import app
 from absl import flags
 
+from benchmarks import adaptive
 from benchmarks import cells as cells_lib
 from benchmarks import training_runs
 from benchmarks.cells import BASE
@@ -48,14 +49,16 @@ from experiments import plots
 
 DOCS = cells_lib.REPO / 'docs'
 MAIN_ATTACKS = ('constrain_and_scale', 'pgd_scaled', 'dba', 'data_poisoning')
-SWEEP_DEFENSES = ('none', 'flame', 'multi_krum')
+SWEEP_DEFENSES = tuple(d for d in ('none', 'flame', 'multi_krum', 'flame_hardened')
+                       if d in DEFENSE_FLAGS)
+SEED_DEFENSES = tuple(d for d in ('none', 'flame', 'flame_hardened') if d in DEFENSE_FLAGS)
 SWEEPS = collections.OrderedDict([
     ('malicious_fraction', ((0.1, 0.2, 0.4, 0.49), 0.3)),
     ('dirichlet_alpha', ((0.1, 1.0, 100.0), 0.5)),
     ('clients_per_round', ((20, 50), 10)),
 ])
 SECTIONS = ('main', 'tasks', 'malicious_fraction', 'seeds', 'dirichlet_alpha',
-            'clients_per_round', 'task_attacks')
+            'clients_per_round', 'task_attacks') + adaptive.SECTIONS
 # The attacks of the other tasks' tables: the 'tasks' section runs constrain-and-scale,
 # 'task_attacks' the rest. N-BaIoT's trigger has one part, so DBA would be data poisoning.
 TASK_ATTACKS = collections.OrderedDict([
@@ -73,7 +76,9 @@ def cells_of(section: str) -> list:
                     for a in MAIN_ATTACKS for d in DEFENSE_FLAGS]
   if section == 'seeds':
     return [Cell('fashion_mnist', a, d, BASE, s) for a in ('none',) + MAIN_ATTACKS
-            for s in (1, 2) for d in ('none', 'flame') if not (a == 'none' and d == 'flame')]
+            for s in (1, 2) for d in SEED_DEFENSES if not (a == 'none' and d != 'none')]
+  if section in adaptive.SECTIONS:
+    return adaptive.cells_of(section)
   if section in SWEEPS:
     return [Cell('fashion_mnist', 'constrain_and_scale', d, variant_name(section, v), 0)
             for v in SWEEPS[section][0] for d in SWEEP_DEFENSES]
@@ -91,24 +96,29 @@ def cells_of(section: str) -> list:
 
 
 def run_order(sections) -> list:
-  """The cells of `sections`, in the order they run: what the report needs most first
-  (a 2-core machine may not finish them all): constrain-and-scale, the other
-  tasks, DBA and PGD, the malicious-share sweep, the constrain-and-scale
-  seeds, data poisoning, the alpha sweep, the other seeds, clients per round, the other
-  tasks' other attacks."""
-  rank = {'constrain_and_scale': 0, 'dba': 2, 'pgd_scaled': 3, 'data_poisoning': 6}
+  """The cells of `sections`, each once, in the order they run: what the report needs most
+  first (a 2-core machine may not finish them all): the attackers who know the defense against
+  none, FLAME and the hardened FLAME, constrain-and-scale, the other defenses against the
+  adaptive attackers, the other tasks, DBA and PGD, the adaptive seeds, stay_small's radius,
+  the malicious-share sweep, the constrain-and-scale seeds, data poisoning, the adaptive attacks
+  at 10 per round and on the other tasks, the alpha sweep, the other seeds, clients per round,
+  the other tasks' other attacks."""
+  rank = {'none': 1, 'constrain_and_scale': 1, 'dba': 4, 'pgd_scaled': 5, 'data_poisoning': 10}
 
   def priority(section, cell):
     if section == 'main':
-      return rank.get(cell.attack, 0)
+      return rank[cell.attack]
     if section == 'seeds':
-      return 5 if cell.attack in ('none', 'constrain_and_scale') else 8
-    return dict(tasks=1, malicious_fraction=4, dirichlet_alpha=7, clients_per_round=9,
-                task_attacks=10)[section]
+      return 9 if cell.attack in ('none', 'constrain_and_scale') else 14
+    if section in adaptive.SECTIONS:
+      return dict(adaptive=0 if cell.defense in adaptive.SEEDED else 2, adaptive_seeds=6,
+                  stay_small_fraction=7, adaptive_ten=11, adaptive_tasks=12)[section]
+    return dict(tasks=3, malicious_fraction=8, dirichlet_alpha=13, clients_per_round=15,
+                task_attacks=16)[section]
 
-  ranked = [(priority(s, c), i, c) for i, (s, c) in
-            enumerate((s, c) for s in sections for c in cells_of(s))]
-  return [c for _, _, c in sorted(ranked)]
+  ranked = sorted((priority(s, c), i, c) for i, (s, c) in
+                  enumerate((s, c) for s in sections for c in cells_of(s)))
+  return list(collections.OrderedDict((c, None) for _, _, c in ranked))
 
 
 def main_table(results, task: str = 'fashion_mnist', attacks=MAIN_ATTACKS) -> list:
@@ -293,7 +303,7 @@ def bare_path_table(results) -> list:
 
 def write_report(output_dir, path) -> None:
   """docs/evaluation.md and its plots from every finished cell."""
-  all_cells = [c for s in SECTIONS for c in cells_of(s)]
+  all_cells = run_order(SECTIONS)
   results = {c: read_cell(output_dir, c) for c in all_cells}
   done = [c for c in all_cells if results[c]]
   path = pathlib.Path(path)
@@ -321,6 +331,11 @@ def write_report(output_dir, path) -> None:
            'MA / BA in % after the last round; `(3)` marks a mean ± std over 3 seeds. TPR / TNR '
            '(malicious rejected, benign admitted) averaged over attack rounds, seed 0.', '']
   lines += main_table(results)
+  headline = adaptive.headline(results)
+  if headline:
+    lines += ['', headline]
+  lines += ['']
+  lines += adaptive.report(results, path)
   lines += ['', "## FLAME's geometries under constrain-and-scale (seed 0)", '',
             'TPR and TNR averaged over attack rounds, BA after the last round (%).', '']
   lines += bare_path_table(results)

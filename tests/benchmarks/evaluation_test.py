@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks import adaptive
 from benchmarks import cells
 from benchmarks import evaluation
 from benchmarks.cells import Cell
@@ -33,14 +34,22 @@ def attack_rounds(ma, ba, malicious=(3, 5, 2), tpr=(1.0, 0.5, 1.0), tnr=(1.0, 0.
 def test_run_order_holds_every_cell_once_most_needed_first():
   order = evaluation.run_order(evaluation.SECTIONS)
   every = [c for s in evaluation.SECTIONS for c in evaluation.cells_of(s)]
-  assert sorted(order) == sorted(every) and len(set(order)) == len(order)
-  first_other = min(i for i, c in enumerate(order) if c.attack not in ('none',
-                                                                        'constrain_and_scale'))
-  assert all(c.task == 'fashion_mnist' and c.seed == 0 and c.variant == cells.BASE
-             for c in order[:first_other] if c.task == 'fashion_mnist')
+  assert sorted(order) == sorted(set(every)) and len(set(order)) == len(order)
+  # First the attackers who know the defense against none, FLAME and the hardened FLAME.
+  first = [c for c in order if c.seed == 0 and c.variant == adaptive.TWENTY and
+           c.defense in adaptive.SEEDED]
+  assert order[:len(first)] == first
+  assert {c.attack for c in first} == set(adaptive.ATTACKS) | {'none'}
+  main = [c for c in order if c.variant == cells.BASE and c.task == 'fashion_mnist']
+  first_other = min(i for i, c in enumerate(main) if c.attack not in ('none',
+                                                                      'constrain_and_scale'))
+  assert all(c.seed == 0 for c in main[:first_other])
   assert order.index(Cell('fashion_mnist', 'constrain_and_scale', 'flame', 'base', 0)) < \
       order.index(Cell('fashion_mnist', 'dba', 'none', 'base', 0)) < \
       order.index(Cell('fashion_mnist', 'data_poisoning', 'none', 'base', 0))
+  # A cell two sections share (the clients-per-round sweep's 20) runs once, at the first rank.
+  shared = Cell('fashion_mnist', 'constrain_and_scale', 'flame', adaptive.TWENTY, 0)
+  assert order.count(shared) == 1 and order.index(shared) < len(first)
   with pytest.raises(ValueError, match='unknown section'):
     evaluation.cells_of('nope')
 
@@ -100,6 +109,43 @@ def test_report_tables_and_mean_over_seeds(tmp_path):
   assert 'constrain_and_scale / multi_krum / malicious_fraction=0.4 / seed 0 | 60.0 | 70.0' in text
   assert 'With no attacker, FLAME admitted 6.5 of 10 clients a round on average (TNR 65.0)' in text
   assert (tmp_path / 'evaluation_sweeps.png').exists()
+
+
+def test_adaptive_section_tables(tmp_path):
+  twenty = adaptive.TWENTY
+  write_cell(tmp_path, Cell('fashion_mnist', 'none', 'none', twenty, 0),
+             [dict(round=1, main_accuracy=0.76, backdoor_accuracy=0.05, attacking=False)],
+             clients_per_round=20)
+  for seed, ba in enumerate((0.9, 0.7, 0.8)):  # FLAME loses to stay_small over 3 seeds
+    write_cell(tmp_path, Cell('fashion_mnist', 'stay_small', 'flame', twenty, seed),
+               attack_rounds(0.74, ba - 0.2, malicious=(6, 5, 7), tpr=(0.0, 0.0, 0.2),
+                             tnr=(0.4, 0.3, 0.35)), clients_per_round=20)
+  write_cell(tmp_path, Cell('fashion_mnist', 'stay_small', 'none', twenty, 0),
+             attack_rounds(0.75, 0.5), clients_per_round=20)
+  write_cell(tmp_path, Cell('fashion_mnist', 'stay_small', 'flame_hardened', twenty, 0),
+             attack_rounds(0.75, -0.15, tpr=(1.0, 1.0, 0.5), tnr=(0.5, 0.6, 0.7)),
+             clients_per_round=20)
+  write_cell(tmp_path, Cell('fashion_mnist', 'none', 'flame_hardened', twenty, 0),
+             [dict(round=1, main_accuracy=0.75, backdoor_accuracy=0.05, attacking=False,
+                   tnr=0.6)], clients_per_round=20)
+  report = tmp_path / 'report.md'
+  evaluation.write_report(tmp_path, report)
+  text = report.read_text()
+  section = text[text.index('## Attackers who know the defense'):]
+  # Final BA over 3 seeds 90, 70, 80 (mean ± std) / highest in an attack round (the last here).
+  flame_row = [l for l in section.splitlines() if l.startswith('| flame |')][0]
+  assert flame_row.split(' | ')[1] == f'{80:.1f} ± {100 * np.std([.9, .7, .8]):.1f} (3) / 80.0'
+  hardened_row = [l for l in section.splitlines() if l.startswith('| flame_hardened |')][0]
+  assert hardened_row.split(' | ')[1] == '5.0 / 5.0'
+  assert '| stay_small | 70.0 | 70.0 | no |' in section  # 0.5 + 2 x 0.1: it does not implant
+  # Targets: hardened final BA 0.05 vs floor 0.05, MA 0.75 vs 0.76.
+  assert '| stay_small | 5.0 | +0.0 | -1.0 | 1 | yes | yes |' in section
+  assert 'flame_hardened TNR 60.0 (target 80%: missed)' in section
+  assert ('stay_small 70.0 / 80.0 / 5.0' in text and 'no defense / FLAME / hardened FLAME'
+          in text)  # the headline
+  per_round = section[section.index('| flame: attack |'):]
+  assert '| stay_small | r2: 0.0 / 40.0 (6); r3: 0.0 / 30.0 (5); r4: 20.0 / 35.0 (7) |' in \
+      per_round
 
 
 if __name__ == '__main__':
