@@ -6,7 +6,7 @@ when the session ends, so no TFF worker outlives the tests, however they end.
 
 import pytest
 
-from experiments import tff_worker
+from tff_flame import tff_worker
 
 
 @pytest.fixture(autouse=True, scope='session')
