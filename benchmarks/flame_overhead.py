@@ -4,7 +4,7 @@
       [--output_json=PATH] [--dim=D]
 
 For each n, three variants run, each in a FRESH TFF worker of its own
-(`experiments.tff_worker.local_worker()`): a plain mean
+(`tff_flame.tff_worker.local_worker()`): a plain mean
 (`tff.aggregators.UnweightedMeanFactory`), FLAME in update space and FLAME in
 model space (`create_gathered`, the global model at the server), both with
 `max_clients=n` (so G = `num_groups_for(n)` gather groups). Per variant:
@@ -35,7 +35,7 @@ import tensorflow_federated as tff
 import hdbscan
 
 from benchmarks import measure
-from experiments import tff_worker
+from tff_flame import tff_worker
 from tff_flame import clustering
 from tff_flame import flame
 from tff_flame import grouped_gather

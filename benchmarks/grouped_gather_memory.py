@@ -3,7 +3,7 @@
   python -m benchmarks.grouped_gather_memory [--dim=200000] [--clients=40] [--groups=4,8,16]
 
 A prototype measurement, not a test. Each variant runs in a fresh TFF worker
-(`experiments.tff_worker.local_worker()`), and the worker's peak resident memory (VmHWM) is
+(`tff_flame.tff_worker.local_worker()`), and the worker's peak resident memory (VmHWM) is
 read after `--repeats` calls. Every variant ends in a server-side TF
 computation that reduces what it gathered to one [d] vector (the sum of the
 rows), so all of them return the same small result:
@@ -26,7 +26,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from benchmarks import measure
-from experiments import tff_worker
+from tff_flame import tff_worker
 from tff_flame import grouped_gather
 
 _DIM = flags.DEFINE_integer('dim', 200_000, 'Floats per client update.', lower_bound=1)

@@ -4,7 +4,7 @@ import statistics
 import time
 
 from experiments import loop
-from experiments import tff_worker
+from tff_flame import tff_worker
 
 
 def seconds(fn) -> float:

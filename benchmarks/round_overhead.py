@@ -16,8 +16,8 @@ from absl import flags
 
 from benchmarks import measure
 from experiments import config as config_lib
-from experiments import tff_worker
 from tasks import registry
+from tff_flame import tff_worker
 
 _CLIENTS = flags.DEFINE_list('clients', ['10', '30', '100'], 'Clients per round to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median reported).', lower_bound=1)

@@ -5,7 +5,7 @@
 One FLAME round of `experiments.loop.build_process` on the offline digits
 task (local training included), first on one local worker, then with the
 clients split over two local workers through TFF's mergeable context
-(`experiments.tff_worker.execution_context(num_local=2)`). Both workers run
+(`tff_flame.tff_worker.execution_context(num_local=2)`). Both workers run
 on this machine and share its cores, so the ratio measures the cost of
 splitting (two services, merging the partial aggregates), not a speed-up;
 on several machines the clients' work would run in parallel. Prints numbers
@@ -19,8 +19,8 @@ from absl import flags
 
 from benchmarks import measure
 from experiments import config as config_lib
-from experiments import tff_worker
 from tasks import registry
+from tff_flame import tff_worker
 
 _CLIENTS = flags.DEFINE_list('clients', ['20', '100'], 'Clients per round to time.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed rounds (median reported).', lower_bound=1)

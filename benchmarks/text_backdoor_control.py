@@ -21,8 +21,8 @@ import tensorflow_federated as tff
 
 from experiments import config as config_lib
 from experiments import loop
-from experiments import tff_worker
 from tasks import registry
+from tff_flame import tff_worker
 from tasks import shakespeare
 from tasks import task as task_lib
 

@@ -3,8 +3,8 @@
 `TaskConfig` (which data), `ExperimentConfig` (training, attack, defense) and
 `OutputConfig` (where results go) are the single source of truth. The training
 binary and the grid define their absl flags from these fields
-(`define_flags`), read them back (`from_flags`), and the README's flag table
-is `flag_table_markdown()` (a test keeps them equal). All range checks live
+(`define_flags`), read them back (`from_flags`), and the flag table in
+docs/experiments.md is `flag_table_markdown()` (a test keeps them equal). All range checks live
 in `validate`, with messages naming the flag.
 """
 
@@ -26,7 +26,7 @@ FLAME_DISTANCES = ('cosine', 'euclidean')
 def param(default: Any, help: str, *, choices: Sequence[str] = (),  # pylint: disable=redefined-builtin
           lower: Optional[float] = None, upper: Optional[float] = None,
           upper_exclusive: bool = False, default_text: Optional[str] = None):
-  """A config field with its flag help, allowed values and README default text."""
+  """A config field with its flag help, allowed values and the flag table's default text."""
   return dataclasses.field(default=default, metadata=dict(
       help=help, choices=tuple(choices), lower=lower, upper=upper,
       upper_exclusive=upper_exclusive, default_text=default_text))
@@ -229,7 +229,7 @@ def _default_text(field) -> str:
 
 
 def flag_table_markdown(classes: Sequence[type] = CONFIG_CLASSES) -> str:
-  """The README's flag table, generated from the config fields."""
+  """The flag table of docs/experiments.md, generated from the config fields."""
   lines = ['| flag | default | meaning |', '|---|---|---|']
   for cls in classes:
     for field in dataclasses.fields(cls):

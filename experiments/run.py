@@ -12,11 +12,14 @@ over). The end writes summary.json and metrics.png. Flags:
 
 TF's C++ log is off unless `--verbosity` (or `-v`) is given or
 TF_CPP_MIN_LOG_LEVEL is set. SIGINT, SIGTERM and SIGKILL leave no TFF
-worker behind (see `experiments/tff_worker.py`).
+worker behind (see `tff_flame/tff_worker.py`).
 """
 
+import contextlib
 import os
+import signal
 import sys
+from typing import Iterator, Optional
 
 if 'TF_CPP_MIN_LOG_LEVEL' not in os.environ and not any(
     a.startswith(('--verbosity', '-v')) for a in sys.argv[1:]):
@@ -31,10 +34,35 @@ from absl import logging
 from experiments import config as config_lib
 from experiments import loop
 from experiments import pretrain
-from experiments import tff_worker
 from tasks import registry
+from tff_flame import tff_worker
 
 config_lib.define_flags()
+
+
+def parse_addresses(text: Optional[str]) -> list:
+  """'host:port,host:port' -> ['host:port', ...]; ValueError names --tff_workers."""
+  addresses = [a.strip() for a in (text or '').split(',') if a.strip()]
+  for address in addresses:
+    host, _, port = address.rpartition(':')
+    if not host or not port.isdigit():
+      raise ValueError(f'--tff_workers must be HOST:PORT[,HOST:PORT...], got {address!r}.')
+  return addresses
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+  """Turns SIGTERM into SystemExit in the body, so `finally` blocks (and the
+  worker clean-up of `tff_worker.execution_context`) run; the previous handler
+  is restored after."""
+  def handler(signum, frame):
+    del frame
+    raise SystemExit(128 + signum)
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv):
@@ -50,13 +78,13 @@ def main(argv):
   runtime = config_lib.from_flags(config_lib.RuntimeConfig)
   try:
     task_config.validate()
-    addresses = tff_worker.parse_addresses(runtime.tff_workers)
+    addresses = parse_addresses(runtime.tff_workers)
     task = registry.load_task(task_config, seed=config.seed)
     config.validate(len(task.client_data))
   except (ValueError, OSError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  with tff_worker.terminate_on_sigterm(), \
+  with terminate_on_sigterm(), \
       tff_worker.execution_context(addresses, quiet=not verbose):
     try:
       pretrained = pretrain.load_or_train(task, task_config, config, output.pretrain_cache_dir,

@@ -19,7 +19,7 @@ if 'TF_CPP_MIN_LOG_LEVEL' not in os.environ and not any(
 from absl import app
 from absl import flags
 
-from experiments import tff_worker
+from tff_flame import tff_worker
 
 _PORT = flags.DEFINE_integer('port', 8000, 'TCP port to serve on.', lower_bound=1,
                              upper_bound=65535)

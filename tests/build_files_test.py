@@ -1,7 +1,7 @@
 """BUILD files stay true: every source in one target, listed files exist, deps resolve.
 
 The BUILD files follow TFF's research code (py_library / py_test / py_binary)
-and `bazel test //...` runs them offline (WORKSPACE, .bazelrc, README). This
+and `bazel test //...` runs them offline (WORKSPACE, .bazelrc, docs/bazel.md). This
 test is the fast check without Bazel: it evaluates them as the Starlark subset
 they are and checks them against the tree and its imports.
 """

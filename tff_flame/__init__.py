@@ -2,8 +2,11 @@
 
 The library holds aggregation factories and learning-process builders only:
 no file I/O, flags, plots or process management (those are the experiment
-harness's, in `experiments/` and `tasks/`).
+harness's, in `experiments/` and `tasks/`). One exception, imported on its
+own: `tff_flame.tff_worker` owns the TFF worker process a script runs on.
 """
+
+__version__ = '0.1.0'
 
 from tff_flame.clustering import hdbscan_labels
 from tff_flame.flame import FlameFactory

@@ -35,7 +35,7 @@ def default_distance(clustering_space: str) -> str:
   Cosine between updates discards their length, so boosted updates look
   benign; Euclidean distance between updates (= between the local models)
   keeps it, and matched model-space FLAME's filtering in the measured runs
-  (README, "What the bare path loses").
+  (docs/design.md, "What the bare path loses").
   """
   return 'cosine' if clustering_space == 'model' else 'euclidean'
 

@@ -11,8 +11,8 @@ interpreter; `requirement(name)` is an empty target of the offline `@pypi`
 stub, also written here. Tests that reach outside their runfiles are tagged:
 `local` when they spawn the interpreter on the checkout (subprocess) or read
 ../shared/data (outside the workspace), so no sandbox stands in between;
-`external` when they read the whole checkout (build_files_test), so Bazel never
-serves a cached result for them.
+`external` when they read the whole checkout or every page of docs/
+(build_files_test, docs_test), so Bazel never serves a cached result for them.
 """
 import ast
 import pathlib
@@ -24,6 +24,8 @@ THIRD = {'numpy': 'numpy', 'tensorflow': 'tensorflow', 'tensorflow_federated': '
          'matplotlib': 'matplotlib', 'pandas': 'pandas', 'scipy': 'scipy', 'psutil': 'psutil'}
 files = sorted(p for pkg in PACKAGES for p in (REPO / pkg).glob('**/*.py') if '.venv' not in p.parts)
 modules = {p.relative_to(REPO).as_posix()[:-3].replace('/', '.').removesuffix('.__init__'): p for p in files}
+# Files tests read, by the name a test's source quotes: the data label they get.
+DATA_FILES = {'README.md': '//:README.md', 'experiments.md': '//:docs/experiments.md'}
 # tests dir modules importable by basename (conftest, oracles, attack_views)
 test_basenames = {'conftest': 'tests.conftest', 'oracles': 'tests.oracles',
                   'attack_views': 'tests.attack_views'}
@@ -104,11 +106,11 @@ def main() -> None:
         lines.append('    imports = ["."],')
       if kind == 'py_test':
         text = p.read_text()
-        data = ['//:README.md'] if "'README.md'" in text else []
+        data = [label for name, label in DATA_FILES.items() if f"'{name}'" in text]
         tags = []
         if imports_subprocess(ast.parse(text)) or "'shared'" in text:
           tags.append('local')
-        if "glob('**/BUILD')" in text:
+        if "glob('**/BUILD')" in text or "glob('*.md')" in text:
           tags.append('external')
         lines.append('    size = "medium",')
         lines.append('    timeout = "long",')
@@ -128,8 +130,9 @@ def main() -> None:
 
   (REPO / 'BUILD').write_text(
       'package(default_visibility = ["//visibility:public"])\n\nlicenses(["notice"])\n\n'
-      '# tests/experiments/config_test.py checks the flag table in the README.\n'
-      'exports_files(["README.md"])\n')
+      '# Files tests read (tools/update_build_files.py, DATA_FILES): the README (its\n'
+      '# example, links and size) and the flag table in docs/experiments.md.\n'
+      f'exports_files([{", ".join(chr(34) + label[3:] + chr(34) for label in DATA_FILES.values())}])\n')
   print('wrote BUILD')
 
   pypi = ['# Written by tools/update_build_files.py. The packages come from the .venv',

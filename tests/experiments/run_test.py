@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from experiments import tff_worker
+from tff_flame import tff_worker
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

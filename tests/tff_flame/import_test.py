@@ -1,4 +1,5 @@
-"""The library stands alone: importing `tff_flame` loads no harness, plotting or oracle."""
+"""The library stands alone: importing `tff_flame` loads no harness, plotting or oracle, and
+starts no process (its worker module, `tff_flame.tff_worker`, is not imported)."""
 
 import os
 import pathlib
@@ -11,15 +12,16 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 HARNESS = ('experiments', 'tasks', 'benchmarks', 'matplotlib', 'hdbscan')
 
 
-def test_import_tff_flame_loads_neither_the_harness_nor_matplotlib():
-  code = ('import sys, tff_flame\n'
+def test_import_tff_flame_loads_neither_the_harness_nor_matplotlib_and_starts_nothing():
+  code = ('import os, sys, tff_flame\n'
           f'loaded = sorted(m for m in sys.modules if m.split(".")[0] in {HARNESS!r} '
-          f'or m in {HARNESS!r})\n'
-          'print(loaded)\n')
+          f'or m in {HARNESS!r} or m == "tff_flame.tff_worker")\n'
+          'from tff_flame import tff_worker\n'  # Only now, to look for workers.
+          'print(loaded, tff_worker.child_tff_worker_pids(os.getpid()))\n')
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
                        timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
   assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.strip().splitlines()[-1] == '[]'
+  assert out.stdout.strip().splitlines()[-1] == '[] []'
   assert 'Traceback' not in out.stderr
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from experiments import tff_worker
+from tff_flame import tff_worker
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ def _run(args, timeout=600):
 def test_a_script_inside_local_worker_ends_its_worker():
   before = set(tff_worker.orphaned_tff_worker_pids(cwd=REPO))
   code = ('import numpy as np, tensorflow_federated as tff\n'
-          'from experiments import tff_worker\n'
+          'from tff_flame import tff_worker\n'
           '@tff.tensorflow.computation(np.float32)\n'
           'def double(x):\n  return x * 2.0\n'
           'with tff_worker.local_worker():\n'
@@ -38,7 +38,7 @@ def test_a_script_inside_local_worker_ends_its_worker():
 
 
 SCRIPT = ('import sys, numpy as np, tensorflow_federated as tff\n'
-          'from experiments import tff_worker\n'
+          'from tff_flame import tff_worker\n'
           '@tff.tensorflow.computation(np.float32)\n'
           'def double(x):\n  return x * 2.0\n'
           'with tff_worker.execution_context():\n'
@@ -85,8 +85,8 @@ def test_sigkill_inside_the_context_manager_ends_the_worker_too(tmp_path):
 
 
 def test_importing_the_harness_starts_no_worker():
-  code = ('import experiments.tff_worker, experiments.loop, tff_flame\n'
-          'assert not experiments.tff_worker.tff_worker_pids()\n'
+  code = ('import tff_flame.tff_worker, experiments.loop, tff_flame\n'
+          'assert not tff_flame.tff_worker.tff_worker_pids()\n'
           'print("ok")\n')
   out = _run(['-c', code], timeout=300)
   assert out.returncode == 0 and out.stdout.strip().endswith('ok'), out.stderr[-3000:]

@@ -1,10 +1,13 @@
 """TFF execution on executor services this process owns or is pointed at.
 
-TFF 0.87 runs TF computations in a C++ `worker_binary` (an executor service
-spoken to over gRPC). Left to itself, TFF starts one per process and ends it
-with SIGINT from a finalizer, which leaks it when the Python process is killed
-(SIGTERM, SIGKILL) or started without job control (the worker then ignores
-SIGINT). Here the harness starts the worker itself, so it owns it:
+The one part of the library that manages processes, so that a pip user's
+script does not leak TFF's worker. TFF 0.87 runs TF computations in a C++
+`worker_binary` (an executor service spoken to over gRPC). Left to itself,
+TFF starts one per process and ends it with SIGINT from a finalizer, which
+leaks it when the Python process is killed (SIGTERM, SIGKILL) or started
+without job control (the worker then ignores SIGINT); the orphan keeps the
+caller's stdout open, so `python script.py | tail` hangs. Here the worker is
+started by this module, so the script owns it:
 
 - the worker is started with a parent-death signal (`PR_SET_PDEATHSIG`,
   SIGKILL): whatever ends the starting process, SIGKILL included, ends it;
@@ -13,17 +16,19 @@ SIGINT). Here the harness starts the worker itself, so it owns it:
   SIGINT that may be ignored;
 - the worker's stdout goes to /dev/null, so `python run.py | tail` ends.
 
-    from experiments import tff_worker
+    from tff_flame import tff_worker
     with tff_worker.execution_context():            # one local worker
       ...  # any TFF computation
     with tff_worker.execution_context(num_local=2):  # clients split over two
       ...
     with tff_worker.execution_context(['host-a:8000', 'host-b:8000']):
-      ...  # remote services (started with `python -m experiments.worker`)
+      ...  # remote services (e.g. `python -m experiments.worker` in a checkout)
 
 With several services, TFF's mergeable context splits each computation's
 clients over them; only computations with a single logical aggregation can be
-split (every aggregator of this project qualifies). Nothing happens at import.
+split (every aggregator of this project qualifies). Nothing happens at import
+(`import tff_flame` does not import this module); only entering the context
+starts a worker.
 """
 
 import atexit
@@ -118,8 +123,9 @@ def _async_context(address: str, process: Optional[subprocess.Popen] = None,
       raise RuntimeError(f'TFF worker for {address} exited with {process.returncode}.')
     if time.monotonic() > deadline:
       raise RuntimeError(f'No TFF executor service answered at {address} within '
-                         f'{ready_timeout_s:.0f} s (is `python -m experiments.worker '
-                         f'--port=...` running there and reachable?).')
+                         f'{ready_timeout_s:.0f} s (is a TFF worker_binary, e.g. '
+                         f'`python -m experiments.worker --port=...` in a checkout, running '
+                         f'there and reachable?).')
     time.sleep(0.05)
 
   def stack_fn(cardinalities):
@@ -156,16 +162,6 @@ def _drop_tff_import_time_context() -> None:
   from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
   tff.framework.set_default_context(runtime_error_context.RuntimeErrorContext())
   gc.collect()
-
-
-def parse_addresses(text: Optional[str]) -> list:
-  """'host:port,host:port' -> ['host:port', ...]; ValueError names --tff_workers."""
-  addresses = [a.strip() for a in (text or '').split(',') if a.strip()]
-  for address in addresses:
-    host, _, port = address.rpartition(':')
-    if not host or not port.isdigit():
-      raise ValueError(f'--tff_workers must be HOST:PORT[,HOST:PORT...], got {address!r}.')
-  return addresses
 
 
 @contextlib.contextmanager
@@ -215,20 +211,6 @@ def local_worker(num_local: int = 1, quiet: bool = True) -> Iterator[None]:
   """`execution_context()` on `num_local` workers of this process's own."""
   with execution_context(num_local=num_local, quiet=quiet):
     yield
-
-
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-  """Turns SIGTERM into SystemExit in the body, so `finally` blocks (and the
-  worker clean-up above) run; the previous handler is restored after."""
-  def handler(signum, frame):
-    del frame
-    raise SystemExit(128 + signum)
-  previous = signal.signal(signal.SIGTERM, handler)
-  try:
-    yield
-  finally:
-    signal.signal(signal.SIGTERM, previous)
 
 
 # Diagnostics for CI and tests, not needed for clean-up: which TFF workers are
