@@ -237,5 +237,44 @@ def flag_table_markdown(classes: Sequence[type] = CONFIG_CLASSES) -> str:
   return '\n'.join(lines)
 
 
+def attack_table_markdown() -> str:
+  """The attack table of docs/experiments.md, from the attack registry."""
+  lines = ['| `--attack` | what the malicious clients do | what the attacker reads |',
+           '|---|---|---|']
+  lines += [f'| `{name}` | {attacks.spec(name).help} | {attacks.spec(name).knows} |'
+            for name in ATTACKS]
+  return '\n'.join(lines)
+
+
+def defense_table_markdown() -> str:
+  """The defense table of docs/experiments.md, from the defense registry."""
+  lines = ['| `--defense` | what | reports TPR/TNR |', '|---|---|---|']
+  lines += [f'| `{name}` | {defenses.defense(name).help} | '
+            f"{'yes' if defenses.defense(name).filtering else '-'} |" for name in DEFENSES]
+  return '\n'.join(lines)
+
+
+GENERATED_TABLES = (flag_table_markdown, attack_table_markdown, defense_table_markdown)
+
+
+def write_generated_tables(path: str) -> None:
+  """Replaces each generated table in the Markdown file `path` (found by its header row)."""
+  with open(path) as f:
+    lines = f.read().split('\n')
+  for make in GENERATED_TABLES:
+    table = make().split('\n')
+    start = lines.index(table[0])
+    stop = start
+    while stop < len(lines) and lines[stop].startswith('|'):
+      stop += 1
+    lines[start:stop] = table
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines))
+
+
 if __name__ == '__main__':
-  print(flag_table_markdown())
+  import sys  # pylint: disable=g-import-not-at-top
+  if len(sys.argv) > 1:
+    write_generated_tables(sys.argv[1])  # e.g. python -m experiments.config docs/experiments.md
+  else:
+    print('\n\n'.join(make() for make in GENERATED_TABLES))

@@ -50,13 +50,31 @@ def test_validation_names_the_flag():
     config_lib.TaskConfig(task='cifar').validate()
 
 
-def test_the_docs_flag_table_is_generated_from_the_config():
+def test_the_docs_tables_are_generated_from_the_config_and_the_registries():
   page = (REPO / 'docs' / 'experiments.md').read_text()
-  table = config_lib.flag_table_markdown()
-  assert table in page, ('the flag table of docs/experiments.md is out of date; regenerate it '
-                         'with `python -m experiments.config`:\n' + table)
-  assert page.count('| flag | default | meaning |') == 1  # no second, stale flag table
-  assert '| flag | default | meaning |' not in (REPO / 'README.md').read_text()  # one place
+  for make in config_lib.GENERATED_TABLES:
+    table = make()
+    assert table in page, (f'a generated table of docs/experiments.md is out of date; '
+                           'regenerate them with `python -m experiments.config '
+                           f'docs/experiments.md`:\n{table}')
+    header = table.split('\n')[0]
+    assert page.count(header) == 1  # no second, stale table
+    assert header not in (REPO / 'README.md').read_text()  # one place
+  for name in config_lib.ATTACKS + config_lib.DEFENSES:
+    assert f'| `{name}` |' in page
+
+
+def test_writing_the_tables_replaces_them_in_place(tmp_path):
+  page = tmp_path / 'page.md'
+  stale = ['# title', '', '| flag | default | meaning |', '|---|---|---|', '| `--x` | 1 | STALE_ROW |',
+           '', 'between', '', '| `--attack` | what the malicious clients do | what the attacker '
+           'reads |', '|---|---|---|', '', '| `--defense` | what | reports TPR/TNR |', '', 'end']
+  page.write_text('\n'.join(stale))
+  config_lib.write_generated_tables(str(page))
+  text = page.read_text()
+  assert all(make() in text for make in config_lib.GENERATED_TABLES)
+  assert 'STALE_ROW' not in text and text.startswith('# title') and text.endswith('end')
+  assert 'between' in text
 
 
 if __name__ == '__main__':
