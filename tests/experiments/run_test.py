@@ -70,12 +70,18 @@ SMALL = ['--num_clients=6', '--clients_per_round=5', '--client_epochs=1',
          '--attack_start_round=2', '--malicious_fraction=0.34']
 
 
+def _default_sigint():
+  """In the child: SIGINT's default action, even when pytest itself runs with SIGINT ignored
+  (started as `cmd &` or under nohup, the test would otherwise send a signal it ignores)."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args, **kwargs):
   """The binary in the background, from a new session (no job control, like `setsid`)."""
   return subprocess.Popen([sys.executable, '-m', 'experiments.run'] + args, cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), start_new_session=True,
-                          **kwargs)
+                          preexec_fn=_default_sigint, **kwargs)
 
 
 def _wait_for_line(process, prefix, timeout=300):
