@@ -14,7 +14,6 @@ from benchmarks import cells as cells_lib
 from benchmarks.cells import BASE
 from benchmarks.cells import Cell
 from benchmarks.cells import DEFENSE_FLAGS
-from benchmarks.cells import FILTERING
 from experiments import attacks as attacks_lib
 from experiments import plots
 
@@ -88,45 +87,41 @@ def _with_max(results):
   return {c: dict(r, max_ba=max_attack_ba(r)) for c, r in results.items() if r}
 
 
-def ba_table(results, variant: str, attacks=ATTACKS) -> list:
-  """Defense x attack: final BA (mean ± std over the seeds that ran) / highest BA in an
-  attack round (mean)."""
-  results = _with_max(results)
-  lines = ['| defense | ' + ' | '.join(attacks) + ' |', '|---|' + '---|' * len(attacks)]
-  for d in DEFENSES:
-    row = [d]
-    for a in attacks:
-      c = Cell('fashion_mnist', a, d, variant, 0)
-      if not results.get(c):
-        row.append('-')
-        continue
-      high, _, _ = cells_lib.over_seeds(results, c, 'max_ba')
-      row.append(f"{cells_lib.seeded(results, c, 'backdoor_accuracy')} / {cells_lib.pct(high)}")
-    if any(x != '-' for x in row[1:]):
-      lines.append('| ' + ' | '.join(row) + ' |')
-  return lines
-
-
-def rates_table(results, variant: str, attacks=ATTACKS) -> list:
-  """Filtering defenses x attack: TPR / TNR averaged over the attack rounds (and seeds),
-  and MA after the last round."""
-  lines = ['| defense | ' + ' | '.join(f'{a} TPR / TNR / MA' for a in attacks) + ' |',
+def _defense_grid(results, variant: str, attacks, header: str, format_cell) -> list:
+  """Defense x attack table of fashion_mnist cells (seed 0, others averaged where they ran);
+  `format_cell(cell, defense)` writes a finished cell; rows with none finished are left out."""
+  lines = ['| defense | ' + ' | '.join(header.format(a) for a in attacks) + ' |',
            '|---|' + '---|' * len(attacks)]
   for d in DEFENSES:
     row = [d]
     for a in attacks:
       c = Cell('fashion_mnist', a, d, variant, 0)
-      if not results.get(c):
-        row.append('-')
-        continue
-      tpr, tnr, ma = (cells_lib.over_seeds(results, c, k)[0]
-                      for k in ('tpr', 'tnr', 'main_accuracy'))
-      filtering = d in FILTERING
-      row.append(f"{cells_lib.pct(tpr) if filtering else '-'} / "
-                 f"{cells_lib.pct(tnr) if filtering else '-'} / {cells_lib.pct(ma)}")
+      row.append(format_cell(c, d) if results.get(c) else '-')
     if any(x != '-' for x in row[1:]):
       lines.append('| ' + ' | '.join(row) + ' |')
   return lines
+
+
+def ba_table(results, variant: str, attacks=ATTACKS) -> list:
+  """Final BA (mean ± std over the seeds that ran) / highest BA in an attack round (mean)."""
+  results = _with_max(results)
+
+  def cell_text(c, unused_defense):
+    high, _, _ = cells_lib.over_seeds(results, c, 'max_ba')
+    return f"{cells_lib.seeded(results, c, 'backdoor_accuracy')} / {cells_lib.pct(high)}"
+
+  return _defense_grid(results, variant, attacks, '{}', cell_text)
+
+
+def rates_table(results, variant: str, attacks=ATTACKS) -> list:
+  """TPR / TNR averaged over the attack rounds (and seeds), and MA after the last round."""
+
+  def cell_text(c, defense):
+    tpr, tnr, ma = (cells_lib.over_seeds(results, c, k)[0]
+                    for k in ('tpr', 'tnr', 'main_accuracy'))
+    return ' / '.join(cells_lib.rates_text(defense, tpr, tnr) + (cells_lib.pct(ma),))
+
+  return _defense_grid(results, variant, attacks, '{} TPR / TNR / MA', cell_text)
 
 
 def per_round_table(results, defense: str) -> list:
@@ -251,11 +246,10 @@ def task_rows(results) -> list:
     for d in DEFENSES:
       r = results.get(Cell(t, 'stay_small', d, BASE, 0))
       if r:
-        filtering = d in FILTERING
+        tpr, tnr = cells_lib.rates_text(d, r['tpr'], r['tnr'])
         lines.append(f"| {t} | {d} | {cells_lib.pct(r['main_accuracy'])} | "
-                     f"{cells_lib.pct(r['backdoor_accuracy'])} | {cells_lib.pct(max_attack_ba(r))}"
-                     f" | {cells_lib.pct(r['tpr']) if filtering else '-'} | "
-                     f"{cells_lib.pct(r['tnr']) if filtering else '-'} |")
+                     f"{cells_lib.pct(r['backdoor_accuracy'])} | "
+                     f"{cells_lib.pct(max_attack_ba(r))} | {tpr} | {tnr} |")
   return lines
 
 

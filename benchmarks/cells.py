@@ -125,3 +125,8 @@ def save_if_drawn(plt, fig, path, drawn: bool) -> bool:
   return drawn
 
 
+def rates_text(defense: str, tpr, tnr) -> tuple:
+  """(TPR, TNR) as report text; '-' for a defense that does not filter."""
+  if defense not in FILTERING:
+    return '-', '-'
+  return pct(tpr), pct(tnr)

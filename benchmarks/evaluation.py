@@ -136,7 +136,8 @@ def main_table(results, task: str = 'fashion_mnist', attacks=MAIN_ATTACKS) -> li
                  f"{cells_lib.seeded(results, c, 'backdoor_accuracy')}")
     for a in attacks:
       r = results.get(Cell(task, a, d, BASE, 0))
-      row.append('-' if d not in FILTERING or not r else f"{cells_lib.pct(r['tpr'])} / {cells_lib.pct(r['tnr'])}")
+      row.append('-' if d not in FILTERING or not r else
+                 ' / '.join(cells_lib.rates_text(d, r['tpr'], r['tnr'])))
     lines.append('| ' + ' | '.join(row) + ' |')
   return lines
 
@@ -150,11 +151,11 @@ def detail_table(results, cells) -> list:
       continue
     name = f'{c.attack} / {c.defense}' + ('' if c.variant == BASE else f' / {c.variant}') + (
         f' / seed {c.seed}')
-    filtering = c.defense in FILTERING
-    lines.append(f"| {name} | {cells_lib.pct(r['main_accuracy'])} | {cells_lib.pct(r['backdoor_accuracy'])} | "
-                 f"{cells_lib.pct(r['attack_ba'])} | {cells_lib.pct(r['tpr']) if filtering else '-'} | "
-                 f"{cells_lib.pct(r['tnr']) if filtering else '-'} | {r['half_rounds']} of "
-                 f"{r['attack_rounds']} | {cells_lib.pct(r['pretrain_ma'])} | {r['seconds']:.0f} |")
+    tpr, tnr = cells_lib.rates_text(c.defense, r['tpr'], r['tnr'])
+    lines.append(f"| {name} | {cells_lib.pct(r['main_accuracy'])} | "
+                 f"{cells_lib.pct(r['backdoor_accuracy'])} | {cells_lib.pct(r['attack_ba'])} | "
+                 f"{tpr} | {tnr} | {r['half_rounds']} of {r['attack_rounds']} | "
+                 f"{cells_lib.pct(r['pretrain_ma'])} | {r['seconds']:.0f} |")
   return lines
 
 
@@ -199,9 +200,9 @@ def targets(results) -> list:
     admitted = cells_lib.mean_of([r.get('num_admitted') for r in quiet['rounds']])
     per_round = cells_lib.mean_of([r.get('num_clients') for r in quiet['rounds']])
     lines += ['', f'With no attacker, FLAME admitted {admitted:.1f} of {per_round:.0f} clients a '
-              f"round on average (TNR {cells_lib.pct(quiet['tnr'])}): non-IID benign models are spread, "
-              'and the majority cluster is then about its minimum size, n // 2 + 1. So the TNR '
-              'target is out of reach when few attackers are drawn.']
+              f"round on average (TNR {cells_lib.pct(quiet['tnr'])}): non-IID benign models are "
+              'spread, and the majority cluster is then about its minimum size, n // 2 + 1. So '
+              'the TNR target is out of reach when few attackers are drawn.']
   return lines
 
 
@@ -296,7 +297,8 @@ def bare_path_table(results) -> list:
     for task in REPORT_TASKS[:3]:
       r = results.get(Cell(task, 'constrain_and_scale', d, BASE, 0))
       row.append('-' if not r else
-                 f"{cells_lib.pct(r['tpr'])} / {cells_lib.pct(r['tnr'])} / {cells_lib.pct(r['backdoor_accuracy'])}")
+                 f"{cells_lib.pct(r['tpr'])} / {cells_lib.pct(r['tnr'])} / "
+                 f"{cells_lib.pct(r['backdoor_accuracy'])}")
     lines.append('| ' + ' | '.join(row) + ' |')
   return lines
 

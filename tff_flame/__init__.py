@@ -22,7 +22,6 @@ from tff_flame.robust import TrimmedMeanFactory
 
 __all__ = [
     'CoordinateMedianFactory', 'FlameFactory', 'FoolsGoldFactory', 'GatheredAggregationFactory',
-    'HardenedFlameFactory',
-    'KrumFactory', 'NonFiniteFilterFactory', 'TrimmedMeanFactory', 'build_flame_fed_avg', 'hdbscan_labels',
-    'noise_lambda_from_privacy',
+    'HardenedFlameFactory', 'KrumFactory', 'NonFiniteFilterFactory', 'TrimmedMeanFactory',
+    'build_flame_fed_avg', 'hdbscan_labels', 'noise_lambda_from_privacy',
 ]

@@ -66,7 +66,8 @@ def test_the_docs_tables_are_generated_from_the_config_and_the_registries():
 
 def test_writing_the_tables_replaces_them_in_place(tmp_path):
   page = tmp_path / 'page.md'
-  stale = ['# title', '', '| flag | default | meaning |', '|---|---|---|', '| `--x` | 1 | STALE_ROW |',
+  stale = ['# title', '', '| flag | default | meaning |', '|---|---|---|',
+           '| `--x` | 1 | STALE_ROW |',
            '', 'between', '', '| `--attack` | what the malicious clients do | what the attacker '
            'reads |', '|---|---|---|', '', '| `--defense` | what | reports TPR/TNR |', '', 'end']
   page.write_text('\n'.join(stale))
