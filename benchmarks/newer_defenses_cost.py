@@ -8,12 +8,14 @@ TFF's worker), run in this process on the same G blocks of float32 rows
 (G = `grouped_gather.num_groups_for(n)`, each block with a shuffled `order`,
 as the gather delivers them). Rows: a shared direction plus noise, a third of
 the clients opposite. Each variant reports its first call (tracing included)
-and the median of `--repeats` later calls; the ratio is to FLAME in the same
-space. This machine is shared and noisy: only the ratios of one run mean much.
+and the median of `--repeats` later calls, the variants taking turns; the
+ratio is to FLAME in the same space. This machine is shared and noisy: only
+the ratios of one run mean much.
 """
 
 import collections
 import os
+import statistics
 
 from absl import app
 from absl import flags
@@ -71,19 +73,25 @@ def main(argv):
   rng = np.random.default_rng(0)
   blocks = random_blocks(n, d, rng)
   global_model = tf.constant(rng.standard_normal(d, dtype=np.float32))
-  print(f'n = {n}, d = {d}, G = {len(blocks)} blocks, {os.cpu_count()} CPUs; '
-        f'first = first call (tracing included), next = median of {_REPEATS.value} later calls')
-  print(f"{'variant':<26} {'first s':>8} {'next s':>8} {'/ FLAME':>8} {'admitted':>9}")
+  steps = {}
   for space in _SPACES.value:
-    flame_s = None
     for name, fn in variants(space).items():
-      step = tf.function(lambda: fn(blocks, global_model))
-      first_s = measure.seconds(lambda: step()[0].numpy())
-      next_s = measure.median_seconds(lambda: step()[0].numpy(), _REPEATS.value, warm_up=False)
-      admitted = int(step()[1]['num_admitted'])
-      flame_s = flame_s or next_s
-      print(f'{name:<26} {first_s:>8.2f} {next_s:>8.2f} {next_s / flame_s:>8.2f} {admitted:>9}',
-            flush=True)
+      steps[name] = tf.function(lambda fn=fn: fn(blocks, global_model))
+  print(f'n = {n}, d = {d}, G = {len(blocks)} blocks, {os.cpu_count()} CPUs; first = first call '
+        f'(tracing included), next = median of {_REPEATS.value} later calls, the variants '
+        'taking turns (so that a change in load hits all of them)')
+  first = {name: measure.seconds(lambda: step()[0].numpy()) for name, step in steps.items()}
+  times = {name: [] for name in steps}
+  for _ in range(_REPEATS.value):
+    for name, step in steps.items():
+      times[name].append(measure.seconds(lambda: step()[0].numpy()))
+  print(f"{'variant':<26} {'first s':>8} {'next s':>8} {'/ FLAME':>8} {'admitted':>9}")
+  for name, step in steps.items():
+    next_s = statistics.median(times[name])
+    flame_s = statistics.median(times[f"flame ({name.split('(')[1]}"])
+    admitted = int(step()[1]['num_admitted'])
+    print(f'{name:<26} {first[name]:>8.2f} {next_s:>8.2f} {next_s / flame_s:>8.2f} '
+          f'{admitted:>9}', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,5 @@
 """Test oracles: the `hdbscan` package's labels, and NumPy (+ `hdbscan`, scipy) rounds of FLAME,
-FreqFed and Multi-Metrics."""
+FreqFed and Multi-Metrics; and the synthetic rounds the newer defenses are compared on."""
 
 import math
 
@@ -60,11 +60,15 @@ def flame_round_numpy(updates, min_cluster_size=None, reference=None, distance=N
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def as_gathered_blocks(rows, sizes, seed):
-  """[n, d] rows as the gather delivers them: blocks of the given sizes, each block's rows
-  stored shuffled with the `order` that reads them back in the given (canonical) order."""
+def as_gathered_blocks(rows, seed, sizes=None):
+  """[n, d] rows as the gather delivers them: blocks (5 of random sizes, some maybe empty, unless
+  `sizes` are given), each block's rows stored shuffled with the `order` that reads them back in
+  the given (canonical) order."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
+  if sizes is None:
+    cuts = np.sort(rng.integers(0, len(rows) + 1, size=4))
+    sizes = np.diff(np.concatenate([[0], cuts, [len(rows)]])).tolist()
   blocks, start = [], 0
   for size in sizes:
     canonical = rows[start:start + size]
@@ -75,6 +79,66 @@ def as_gathered_blocks(rows, sizes, seed):
     start += size
   assert start == len(rows), (start, len(rows))
   return blocks
+
+
+def synthetic_round(n, seed, dim, attackers):
+  """float32 [n, dim]: benign updates around one direction, the last n // 3 from
+  attackers(direction, count, rng); a duplicate benign row (n >= 3), NaN and Inf rows and a
+  duplicate attacker (n >= 10), a -Inf row and a zero row (n >= 40)."""
+  rng = np.random.default_rng(seed)
+  direction = rng.normal(size=dim)
+  num_bad = n // 3
+  rows = np.concatenate([direction + 0.5 * rng.normal(size=(n - num_bad, dim)),
+                         attackers(direction, num_bad, rng)]).astype(np.float32)
+  if n >= 3:
+    rows[1] = rows[0]
+  if n >= 10:
+    rows[2, 3] = np.nan
+    rows[n - 1] = np.inf
+    rows[n - 2] = rows[n - 3]
+  if n >= 40:
+    rows[5] = -np.inf
+    rows[6] = 0.0
+  return rows
+
+
+def with_huge_clients(benign):
+  """The benign rows, then 6 bad ones: all 1e19, all -1e25, all 3e38 (a norm beyond float32),
+  one entry 3e38 (a finite norm), a NaN, an Inf. Returns (rows, number of non-finite rows)."""
+  huge = np.zeros((6, benign.shape[1]), np.float32)
+  huge[0] = 1e19
+  huge[1] = -1e25
+  huge[2] = 3e38
+  huge[3, 4 % benign.shape[1]] = 3e38
+  huge[4, 0] = np.nan
+  huge[5, 2 % benign.shape[1]] = np.inf
+  return np.concatenate([benign.astype(np.float32), huge]), 3
+
+
+def split_row(row, shapes) -> list:
+  """A flat row as the arrays of a structured value with these shapes."""
+  sizes = [int(np.prod(s)) for s in shapes]
+  return [p.reshape(s) for p, s in zip(np.split(row, np.cumsum(sizes)[:-1]), shapes)]
+
+
+def flat_value(value) -> np.ndarray:
+  return np.concatenate([np.ravel(v) for v in value])
+
+
+def tff_round(factory, rows, shapes, global_model=None):
+  """(flat result, measurements) of one `next` of a gathering factory's process on client
+  values of these shapes (float32 leaves, a list): `create()`, or `create_gathered()` with
+  the global model when the factory needs it."""
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  value_type = tff.StructWithPythonType([tff.TensorType(np.float32, s) for s in shapes], list)
+  values = [split_row(r, shapes) for r in rows]
+  if factory.requires_global_model:
+    process = factory.create_gathered(value_type)
+    out = process.next(process.initialize(), values, split_row(global_model, shapes))
+  else:
+    process = factory.create(value_type)
+    out = process.next(process.initialize(), values)
+  return flat_value(out.result), out.measurements
 
 
 def usable_rows(updates) -> np.ndarray:

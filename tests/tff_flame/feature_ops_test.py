@@ -18,7 +18,7 @@ SIZES = [[1], [5], [0, 3, 0, 4, 2], [7, 1, 6]]
 @pytest.mark.parametrize('chunk_rows', [1, 3, 8])
 def test_map_rows_sees_every_row_once_in_canonical_order(sizes, chunk_rows):
   rows = np.random.default_rng(0).normal(size=(sum(sizes), 5)).astype(np.float32)
-  blocks = oracles.as_gathered_blocks(rows, sizes, seed=len(sizes))
+  blocks = oracles.as_gathered_blocks(rows, len(sizes), sizes)
   fn = lambda chunk, index: tf.concat([chunk, tf.cast(index, tf.float32)[:, None]], axis=1)
   out = feature_ops.map_rows(blocks, fn, tf.float32, chunk_rows).numpy()
   np.testing.assert_array_equal(out[:, :5], rows)
@@ -65,7 +65,7 @@ def test_low_frequency_features_scale_rows_and_zero_the_unusable():
   norms = np.linalg.norm(np.nan_to_num(rows.astype(np.float64)), axis=1)
   usable = np.isfinite(rows).all(axis=1)
   factors = feature_ops.unit_scale_factors(tf.constant(norms), tf.constant(usable))
-  blocks = oracles.as_gathered_blocks(rows, [2, 4], seed=2)
+  blocks = oracles.as_gathered_blocks(rows, 2, [2, 4])
   got = feature_ops.low_frequency_features(blocks, factors, chunk_rows=3).numpy()
   assert np.isfinite(got).all()
   for i in (0, 1, 2, 5):
@@ -91,7 +91,7 @@ def test_manhattan_distance_sums_equal_pairwise_numpy(sizes, column_slice):
   if n > 2:
     rows[2] = rows[0]  # a duplicate row
   keep = rng.random(n) < 0.8
-  blocks = oracles.as_gathered_blocks(rows, sizes, seed=n)
+  blocks = oracles.as_gathered_blocks(rows, n, sizes)
   got = feature_ops.manhattan_distance_sums(blocks, tf.constant(keep), column_slice).numpy()
   np.testing.assert_allclose(got, l1_sums_numpy(rows, keep), rtol=1e-12, atol=1e-9)
   everyone = feature_ops.manhattan_distance_sums(blocks, column_slice=column_slice).numpy()

@@ -16,36 +16,17 @@ from tff_flame import freqfed
 DIM = 40
 
 
-def client_rows(n, seed, dim=DIM):
-  """A benign majority around one direction (each client a little off it), a third of the
-  clients pushing another direction, NaN/Inf rows and duplicates."""
-  rng = np.random.default_rng(seed)
-  direction = rng.normal(size=dim)
-  other = rng.normal(size=dim)
-  num_bad = n // 3
-  rows = np.concatenate([direction + 0.5 * rng.normal(size=(n - num_bad, dim)),
-                         other + 0.1 * rng.normal(size=(num_bad, dim))]).astype(np.float32)
-  if n >= 3:
-    rows[1] = rows[0]  # duplicate benign update
-  if n >= 10:
-    rows[2, 3] = np.nan
-    rows[n - 1] = np.inf
-    rows[n - 2] = rows[n - 3]  # duplicate attacker update
-  if n >= 40:
-    rows[5] = -np.inf
-    rows[6] = 0.0  # a zero update
-  return rows
+def client_rows(n, seed):
+  """Benign updates around one direction, a third pushing another direction (tight), NaN/Inf,
+  zero and duplicate rows."""
+  def other_direction(direction, count, rng):
+    return rng.normal(size=direction.shape) + 0.1 * rng.normal(size=(count, direction.size))
+  return oracles.synthetic_round(n, seed, DIM, other_direction)
 
 
-def random_sizes(n, seed):
-  rng = np.random.default_rng(seed)
-  cuts = np.sort(rng.integers(0, n + 1, size=4))
-  return np.diff(np.concatenate([[0], cuts, [n]])).tolist()
-
-
-def reference_model(space, dim=DIM):
+def reference_model(space):
   return None if space == 'update' else np.random.default_rng(99).normal(
-      size=dim).astype(np.float32)
+      size=DIM).astype(np.float32)
 
 
 @pytest.mark.parametrize('n', [1, 2, 3, 10, 50])
@@ -54,7 +35,7 @@ def reference_model(space, dim=DIM):
 def test_round_equals_the_numpy_oracle(n, seed, space):
   rows = client_rows(n, seed)
   reference = reference_model(space)
-  blocks = oracles.as_gathered_blocks(rows, random_sizes(n, seed), seed)
+  blocks = oracles.as_gathered_blocks(rows, seed)
   aggregate, m = freqfed.freqfed_round_blocks(blocks, global_model=reference)
   want = oracles.freqfed_round_numpy(rows, reference=reference)
   usable = oracles.usable_rows(rows)
@@ -106,18 +87,10 @@ def test_boosted_attackers_are_rejected_in_model_space_only():
 def test_non_finite_and_huge_clients_are_never_admitted():
   rng = np.random.default_rng(7)
   direction = rng.normal(size=DIM)
-  benign = (direction + 0.3 * rng.normal(size=(9, DIM))).astype(np.float32)
-  huge = np.zeros((6, DIM), np.float32)
-  huge[0] = 1e19
-  huge[1] = -1e25
-  huge[2] = 3e38  # norm beyond float32: treated as non-finite
-  huge[3, 4] = 3e38  # one huge entry: a finite norm, a spike
-  huge[4, 0] = np.nan
-  huge[5, 2] = np.inf
-  rows = np.concatenate([benign, huge])
+  rows, num_non_finite = oracles.with_huge_clients(direction + 0.3 * rng.normal(size=(9, DIM)))
   for space in ('update', 'model'):
     reference = reference_model(space)
-    aggregate, m = freqfed.freqfed_round_blocks(oracles.as_gathered_blocks(rows, [5, 0, 10], 3),
+    aggregate, m = freqfed.freqfed_round_blocks(oracles.as_gathered_blocks(rows, 3, [5, 0, 10]),
                                                 global_model=reference)
     want = oracles.freqfed_round_numpy(rows, reference=reference)
     admitted = m['admitted'].numpy()
@@ -125,7 +98,7 @@ def test_non_finite_and_huge_clients_are_never_admitted():
     assert admitted[9:].sum() == 0 and admitted[:9].sum() >= 8, (space, admitted)
     np.testing.assert_array_equal(admitted, want['admitted'])
     np.testing.assert_allclose(aggregate.numpy(), want['aggregate'], rtol=1e-5, atol=1e-6)
-    assert m['num_non_finite'].numpy() == 3
+    assert m['num_non_finite'].numpy() == num_non_finite
 
 
 def test_nobody_admitted_gives_a_zero_update():
@@ -136,16 +109,7 @@ def test_nobody_admitted_gives_a_zero_update():
   assert m['fallback'].numpy() == 1 and m['num_admitted'].numpy() == 0
 
 
-VALUE_TYPE = tff.StructWithPythonType(
-    [tff.TensorType(np.float32, [4, 5]), tff.TensorType(np.float32, [DIM - 20])], list)
-
-
-def as_value(row):
-  return [row[:20].reshape(4, 5), row[20:]]
-
-
-def flat(result):
-  return np.concatenate([np.ravel(result[0]), np.ravel(result[1])])
+SHAPES = [(4, 5), (DIM - 20,)]  # the clients' values: a list of two float32 tensors
 
 
 @pytest.mark.parametrize('space', ['update', 'model'])
@@ -153,18 +117,12 @@ def test_through_tff_equals_the_oracle(space):
   rows = client_rows(16, seed=11)
   reference = reference_model(space)
   factory = tff_flame.FreqFedFactory(clustering_space=space, max_clients=32)
-  want = oracles.freqfed_round_numpy(rows, reference=reference)
-  if space == 'update':
-    process = factory.create(VALUE_TYPE)
-    out = process.next(process.initialize(), [as_value(r) for r in rows])
-  else:
-    assert factory.requires_global_model
+  if factory.requires_global_model:
     with pytest.raises(ValueError, match='global model'):
-      factory.create(VALUE_TYPE)
-    process = factory.create_gathered(VALUE_TYPE)
-    out = process.next(process.initialize(), [as_value(r) for r in rows], as_value(reference))
-  np.testing.assert_allclose(flat(out.result), want['aggregate'], rtol=1e-5, atol=1e-6)
-  m = out.measurements
+      factory.create(tff.TensorType(np.float32, [DIM]))
+  result, m = oracles.tff_round(factory, rows, SHAPES, reference)
+  want = oracles.freqfed_round_numpy(rows, reference=reference)
+  np.testing.assert_allclose(result, want['aggregate'], rtol=1e-5, atol=1e-6)
   assert m['num_admitted'] == want['admitted'].sum() and m['num_clients'] == 16
   assert m['num_non_finite'] == 2
   assert sorted(np.asarray(m['admitted']).tolist()) == sorted(want['admitted'].astype(int))

@@ -8,7 +8,6 @@ import numpy as np
 import oracles
 import pytest
 import tensorflow as tf
-import tensorflow_federated as tff
 
 import tff_flame
 from tff_flame import multi_metrics
@@ -16,36 +15,18 @@ from tff_flame import multi_metrics
 DIM = 40
 
 
-def client_rows(n, seed, dim=DIM):
-  """A benign majority around one direction, a third boosted or opposite, NaN/Inf rows,
-  a zero row and duplicates."""
-  rng = np.random.default_rng(seed)
-  direction = rng.normal(size=dim)
-  num_bad = n // 3
-  benign = direction + 0.5 * rng.normal(size=(n - num_bad, dim))
-  bad = np.where(np.arange(num_bad)[:, None] % 2 == 0, 5.0, -1.0) * direction
-  rows = np.concatenate([benign, bad + 0.1 * rng.normal(size=(num_bad, dim))]).astype(np.float32)
-  if n >= 3:
-    rows[1] = rows[0]  # duplicate benign update
-  if n >= 10:
-    rows[2, 3] = np.nan
-    rows[n - 1] = np.inf
-    rows[n - 2] = rows[n - 3]  # duplicate attacker update
-  if n >= 40:
-    rows[5] = -np.inf
-    rows[6] = 0.0
-  return rows
+def client_rows(n, seed):
+  """Benign updates around one direction, a third boosted (5x) or opposite, tight; NaN/Inf,
+  zero and duplicate rows."""
+  def boosted_or_opposite(direction, count, rng):
+    signs = np.where(np.arange(count) % 2 == 0, 5.0, -1.0)[:, None]
+    return signs * direction + 0.1 * rng.normal(size=(count, direction.size))
+  return oracles.synthetic_round(n, seed, DIM, boosted_or_opposite)
 
 
-def random_sizes(n, seed):
-  rng = np.random.default_rng(seed)
-  cuts = np.sort(rng.integers(0, n + 1, size=4))
-  return np.diff(np.concatenate([[0], cuts, [n]])).tolist()
-
-
-def reference_model(space, dim=DIM):
+def reference_model(space):
   return None if space == 'update' else np.random.default_rng(99).normal(
-      size=dim).astype(np.float32)
+      size=DIM).astype(np.float32)
 
 
 def admitted_rows(rows, mask):
@@ -84,7 +65,7 @@ def test_scores_where_sigma_is_singular():
 def test_round_equals_the_numpy_oracle(n, seed, space):
   rows = client_rows(n, seed)
   reference = reference_model(space)
-  blocks = oracles.as_gathered_blocks(rows, random_sizes(n, seed), seed)
+  blocks = oracles.as_gathered_blocks(rows, seed)
   aggregate, m = multi_metrics.multi_metrics_round_blocks(blocks, global_model=reference,
                                                           column_slice=16)
   want = oracles.multi_metrics_round_numpy(rows, reference=reference)
@@ -144,7 +125,7 @@ def test_a_boosted_and_an_opposite_attacker_are_not_selected(seed):
   opposite = -direction + 0.05 * rng.normal(size=(1, 500))
   rows = np.concatenate([benign, boosted, opposite]).astype(np.float32)
   for reference in (None, rng.normal(size=500).astype(np.float32)):
-    _, m = multi_metrics.multi_metrics_round_blocks(oracles.as_gathered_blocks(rows, [7, 13], 0),
+    _, m = multi_metrics.multi_metrics_round_blocks(oracles.as_gathered_blocks(rows, 0, [7, 13]),
                                                     global_model=reference)
     admitted = m['admitted'].numpy()
     assert admitted.sum() == 6 and admitted[18:].sum() == 0, admitted
@@ -156,23 +137,17 @@ def test_non_finite_and_huge_clients_are_never_selected():
   rng = np.random.default_rng(7)
   direction = rng.normal(size=DIM)
   benign = (direction + 0.3 * rng.normal(size=(12, DIM))).astype(np.float32)
-  huge = np.zeros((6, DIM), np.float32)
-  huge[0] = 1e19
-  huge[1] = -1e25
-  huge[2] = 3e38  # norm beyond float32: treated as non-finite
-  huge[3, 4] = 3e38  # one huge entry: a finite norm, a spike
-  huge[4, 0] = np.nan
-  huge[5, 2] = np.inf
-  rows = np.concatenate([benign, huge])
+  rows, num_non_finite = oracles.with_huge_clients(benign)
   for space in ('update', 'model'):
     reference = reference_model(space)
     aggregate, m = multi_metrics.multi_metrics_round_blocks(
-        oracles.as_gathered_blocks(rows, [5, 0, 13], 3), global_model=reference)
+        oracles.as_gathered_blocks(rows, 3, [5, 0, 13]), global_model=reference)
     admitted = m['admitted'].numpy()
     assert np.isfinite(aggregate.numpy()).all() and np.isfinite(m['scores'].numpy()[:12]).all()
     assert admitted[12:].sum() == 0 and admitted.sum() == 4, (space, admitted)
     assert np.abs(aggregate.numpy()).max() <= np.abs(benign).max()
-    assert m['num_non_finite'].numpy() == 3 and np.isnan(m['scores'].numpy()[[14, 16, 17]]).all()
+    assert m['num_non_finite'].numpy() == num_non_finite
+    assert np.isnan(m['scores'].numpy()[[14, 16, 17]]).all()
 
 
 def test_no_finite_client_gives_a_zero_update():
@@ -182,16 +157,7 @@ def test_no_finite_client_gives_a_zero_update():
   assert m['fallback'].numpy() == 1 and m['num_admitted'].numpy() == 0
 
 
-VALUE_TYPE = tff.StructWithPythonType(
-    [tff.TensorType(np.float32, [4, 5]), tff.TensorType(np.float32, [DIM - 20])], list)
-
-
-def as_value(row):
-  return [row[:20].reshape(4, 5), row[20:]]
-
-
-def flat(result):
-  return np.concatenate([np.ravel(result[0]), np.ravel(result[1])])
+SHAPES = [(4, 5), (DIM - 20,)]  # the clients' values: a list of two float32 tensors
 
 
 @pytest.mark.parametrize('space', ['update', 'model'])
@@ -199,16 +165,9 @@ def test_through_tff_equals_the_oracle(space):
   rows = client_rows(17, seed=12)
   reference = reference_model(space)
   factory = tff_flame.MultiMetricsFactory(metric_space=space, max_clients=32)
+  result, m = oracles.tff_round(factory, rows, SHAPES, reference)
   want = oracles.multi_metrics_round_numpy(rows, reference=reference)
-  if space == 'update':
-    process = factory.create(VALUE_TYPE)
-    out = process.next(process.initialize(), [as_value(r) for r in rows])
-  else:
-    assert factory.requires_global_model
-    process = factory.create_gathered(VALUE_TYPE)
-    out = process.next(process.initialize(), [as_value(r) for r in rows], as_value(reference))
-  np.testing.assert_allclose(flat(out.result), want['aggregate'], rtol=1e-5, atol=1e-6)
-  m = out.measurements
+  np.testing.assert_allclose(result, want['aggregate'], rtol=1e-5, atol=1e-6)
   assert m['num_admitted'] == want['admitted'].sum() == 4 and m['num_non_finite'] == 2
   np.testing.assert_allclose(np.sort(np.asarray(m['scores'])), np.sort(want['scores']),
                              rtol=1e-6)
