@@ -14,7 +14,7 @@ blocks' canonical row order, without an [n, d] temporary:
 """
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import tensorflow as tf
 
@@ -47,8 +47,10 @@ def static_dim(blocks) -> int:
   return int(dim)
 
 
-def map_rows(blocks, fn: Callable, dtype, chunk_rows: int = CHUNK_ROWS) -> tf.Tensor:
-  """fn(rows [c, d], index [c]) on chunks of c <= chunk_rows rows, concatenated: [n, ...].
+def map_rows(blocks, fn: Callable, dtype, row_shape: Sequence[int],
+             chunk_rows: int = CHUNK_ROWS) -> tf.Tensor:
+  """fn(rows [c, d], index [c]) -> [c, *row_shape] on chunks of c <= chunk_rows rows,
+  concatenated: [n, *row_shape] (row_shape static).
 
   `index` holds the chunk's canonical row numbers and `rows` those rows (a
   copy of c rows, read through the block's order), so the result is in
@@ -84,10 +86,12 @@ def map_rows(blocks, fn: Callable, dtype, chunk_rows: int = CHUNK_ROWS) -> tf.Te
     chunk.set_shape([None, pairs[0][0].shape[1]])
     return k + 1, out.write(k, fn(chunk, offsets[g] + tf.range(start, stop)))
 
-  out = tf.TensorArray(dtype, size=num_chunks, infer_shape=False)
+  row_shape = [int(s) for s in row_shape]
+  out = tf.TensorArray(dtype, size=num_chunks, infer_shape=False,
+                       element_shape=tf.TensorShape([None] + row_shape))
   _, out = tf.while_loop(lambda k, _: k < num_chunks, body, (tf.constant(0), out),
                          parallel_iterations=1)
-  return out.concat()
+  return tf.cond(num_chunks > 0, out.concat, lambda: tf.zeros([0] + row_shape, dtype))
 
 
 def dct_side(dim: int) -> int:
@@ -184,8 +188,8 @@ def low_frequency_features(blocks, factors: tf.Tensor,
     scaled = tf.where(keep[:, tf.newaxis], scaled, tf.zeros_like(scaled))  # NaN * 0 is NaN
     return low_frequency_dct(scaled)
 
-  k = num_low_frequencies(static_dim(blocks))
-  return tf.reshape(map_rows(blocks, features, tf.float32, chunk_rows), [-1, k])
+  return map_rows(blocks, features, tf.float32, [num_low_frequencies(static_dim(blocks))],
+                  chunk_rows)
 
 
 def _column_sums_of_abs_differences(columns: tf.Tensor) -> tf.Tensor:

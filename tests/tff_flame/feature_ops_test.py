@@ -11,7 +11,7 @@ import oracles
 from tff_flame import feature_ops
 
 
-SIZES = [[1], [5], [0, 3, 0, 4, 2], [7, 1, 6]]
+SIZES = [[0], [1], [5], [0, 3, 0, 4, 2], [7, 1, 6]]
 
 
 @pytest.mark.parametrize('sizes', SIZES)
@@ -20,7 +20,7 @@ def test_map_rows_sees_every_row_once_in_canonical_order(sizes, chunk_rows):
   rows = np.random.default_rng(0).normal(size=(sum(sizes), 5)).astype(np.float32)
   blocks = oracles.as_gathered_blocks(rows, len(sizes), sizes)
   fn = lambda chunk, index: tf.concat([chunk, tf.cast(index, tf.float32)[:, None]], axis=1)
-  out = feature_ops.map_rows(blocks, fn, tf.float32, chunk_rows).numpy()
+  out = feature_ops.map_rows(blocks, fn, tf.float32, [6], chunk_rows).numpy()
   np.testing.assert_array_equal(out[:, :5], rows)
   np.testing.assert_array_equal(out[:, 5], np.arange(len(rows)))
 

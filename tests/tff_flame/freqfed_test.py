@@ -107,6 +107,9 @@ def test_nobody_admitted_gives_a_zero_update():
   aggregate, m = freqfed.freqfed_round_blocks([tf.constant(rows)])
   np.testing.assert_array_equal(aggregate.numpy(), np.zeros(5))
   assert m['fallback'].numpy() == 1 and m['num_admitted'].numpy() == 0
+  aggregate, m = freqfed.freqfed_round_blocks([tf.zeros([0, 5]), tf.zeros([0, 5])])  # no client
+  np.testing.assert_array_equal(aggregate.numpy(), np.zeros(5))
+  assert m['num_clients'].numpy() == 0 and m['fallback'].numpy() == 1
 
 
 SHAPES = [(4, 5), (DIM - 20,)]  # the clients' values: a list of two float32 tensors
