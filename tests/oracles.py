@@ -222,7 +222,8 @@ def whitened_scores_numpy(vectors) -> np.ndarray:
 
 def multi_metric_sums_numpy(updates, reference=None) -> np.ndarray:
   """[m, 3] per row: sum over the other rows of (1 - cos)^2, ||x_i - x_j||_1 and
-  | ||x_i|| - ||x_j|| |; cosines and lengths of reference - x with a reference. Pairwise, directly."""
+  | ||x_i|| - ||x_j|| |; cosines and lengths of reference - x with a reference.
+  Pairwise, directly."""
   x = np.asarray(updates, np.float64)
   points = x if reference is None else np.asarray(reference, np.float64)[None] - x
   cosine = (cosine_distance_matrix(points) ** 2).sum(axis=1)

@@ -21,7 +21,7 @@ import tensorflow as tf
 _ROWS = 'rows'  # grouped_gather.ROWS and ORDER, without importing TFF here.
 _ORDER = 'order'
 
-# Rows per chunk in `map_rows` (FreqFed's DCT of 4 EMNIST-CNN updates holds about 50 MB).
+# Rows per chunk in `map_rows` (FreqFed's DCT holds a few copies of them: 6.7 MB each for the CNN).
 CHUNK_ROWS = 4
 # Columns per slice in `manhattan_distance_sums`: [w, n] float64 temporaries of 3 MB at n = 100.
 COLUMN_SLICE = 4096

@@ -1,4 +1,4 @@
-"""FreqFed (Fereidooni et al., NDSS 2024): cluster the updates' low frequencies, average the majority.
+"""FreqFed (Fereidooni et al., NDSS 2024): cluster low-frequency DCT features, average the majority.
 
 Per round, over the n client updates delta_i (TFF's sign: G - W_i): take the
 low-frequency DCT-II coefficients of each update (or, with the global model,
