@@ -47,6 +47,15 @@ def static_dim(blocks) -> int:
   return int(dim)
 
 
+def _chunks(sizes: tf.Tensor, chunk_rows: int):
+  """(block, start) int32 [K] of the K chunks: chunk k is positions [start_k, start_k +
+  chunk_rows) of block block_k (clipped to its size), blocks in order, empty blocks skipped."""
+  chunks_per_block = (sizes + chunk_rows - 1) // chunk_rows
+  block = tf.repeat(tf.range(tf.shape(sizes)[0]), chunks_per_block)
+  first_chunk = tf.gather(tf.cumsum(chunks_per_block, exclusive=True), block)
+  return block, (tf.range(tf.shape(block)[0]) - first_chunk) * chunk_rows
+
+
 def map_rows(blocks, fn: Callable, dtype, row_shape: Sequence[int],
              chunk_rows: int = CHUNK_ROWS) -> tf.Tensor:
   """fn(rows [c, d], index [c]) -> [c, *row_shape] on chunks of c <= chunk_rows rows,
@@ -67,11 +76,7 @@ def map_rows(blocks, fn: Callable, dtype, row_shape: Sequence[int],
   for g, (rows, order) in enumerate(pairs):
     rows_array = rows_array.write(g, rows)
     orders_array = orders_array.write(g, order)
-  # Chunk k covers positions [start_k, start_k + chunk_rows) of block block_k.
-  chunks_per_block = (sizes + chunk_rows - 1) // chunk_rows
-  chunk_block = tf.repeat(tf.range(len(pairs)), chunks_per_block)
-  first_chunk = tf.gather(tf.cumsum(chunks_per_block, exclusive=True), chunk_block)
-  chunk_start = (tf.range(tf.shape(chunk_block)[0]) - first_chunk) * chunk_rows
+  chunk_block, chunk_start = _chunks(sizes, chunk_rows)
   num_chunks = tf.shape(chunk_block)[0]
   dim = tf.shape(pairs[0][0])[1]
 
@@ -129,7 +134,7 @@ def _triangle_index(h: int) -> tf.Tensor:
   return tf.cast(tf.where(tf.reshape(u + v <= h, [-1]))[:, 0], tf.int32)
 
 
-def low_frequency_dct(rows: tf.Tensor) -> tf.Tensor:
+def low_frequency_dct(rows: tf.Tensor, basis: Optional[tf.Tensor] = None) -> tf.Tensor:
   """float32 [m, k]: FreqFed's low-frequency DCT coefficients of each row.
 
   Each row of d floats is zero-padded to P * P (P = `dct_side(d)`) and read
@@ -139,7 +144,7 @@ def low_frequency_dct(rows: tf.Tensor) -> tf.Tensor:
   where the low frequencies lie. Only the first h + 1 DCT rows are
   multiplied (two matmuls, m * P^2 * (h + 1) multiply-adds for the first).
   Rows are float32; scale them to moderate magnitudes first (the matmuls
-  are float32).
+  are float32). `basis`: `dct_basis(P, h + 1)`, to build it once for many calls.
   """
   rows = tf.convert_to_tensor(rows, tf.float32)
   dim = rows.shape[1]
@@ -147,7 +152,7 @@ def low_frequency_dct(rows: tf.Tensor) -> tf.Tensor:
     raise ValueError('the rows need a static width d.')
   side = dct_side(int(dim))
   h = side // 2
-  basis = dct_basis(side, h + 1)  # [h + 1, P]
+  basis = dct_basis(side, h + 1) if basis is None else basis  # [h + 1, P]
   m = tf.shape(rows)[0]
   padded = tf.pad(rows, [[0, 0], [0, side * side - int(dim)]])
   # X C^T for all rows at once, then C (X C^T): V[u, v] = sum_pq C[u, p] X[p, q] C[v, q].
@@ -180,13 +185,15 @@ def low_frequency_features(blocks, factors: tf.Tensor,
   coefficients are the features divided by a * b.
   """
   factors = tf.cast(factors, tf.float32)
+  side = dct_side(static_dim(blocks))
+  basis = dct_basis(side, side // 2 + 1)  # once, outside the loop over chunks
 
   def features(rows, index):
     scale = tf.gather(factors, index)
     scaled = rows * scale[:, :1] * scale[:, 1:]
     keep = tf.reduce_all(tf.not_equal(scale, 0.0), axis=1)
     scaled = tf.where(keep[:, tf.newaxis], scaled, tf.zeros_like(scaled))  # NaN * 0 is NaN
-    return low_frequency_dct(scaled)
+    return low_frequency_dct(scaled, basis)
 
   return map_rows(blocks, features, tf.float32, [num_low_frequencies(static_dim(blocks))],
                   chunk_rows)
