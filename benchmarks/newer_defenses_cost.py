@@ -1,6 +1,7 @@
 """The server step of FreqFed and Multi-Metrics next to FLAME's, on random gathered blocks.
 
   python -m benchmarks.newer_defenses_cost [--clients=100] [--dim=1663370] [--repeats=3]
+      [--threads=N]
 
 No TFF: the pure TF round functions (`flame_round_blocks`, `freqfed_round_blocks`,
 `multi_metrics_round_blocks`), each wrapped in one `tf.function` (a graph, as in
@@ -34,6 +35,9 @@ _DIM = flags.DEFINE_integer('dim', 1_663_370, "d, floats per update (the EMNIST 
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed calls after the first (median).',
                                 lower_bound=1)
 _SPACES = flags.DEFINE_list('spaces', ['update', 'model'], "'update' and/or 'model'.")
+_THREADS = flags.DEFINE_integer('threads', None, "TF's intra-op threads (default: TF's choice, "
+                                'one per core); 1 is less sensitive to other jobs on the cores.',
+                                lower_bound=1)
 
 
 def random_blocks(n, d, rng):
@@ -69,6 +73,9 @@ def variants(space):
 
 def main(argv):
   del argv
+  if _THREADS.value:
+    tf.config.threading.set_intra_op_parallelism_threads(_THREADS.value)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
   n, d = _CLIENTS.value, _DIM.value
   rng = np.random.default_rng(0)
   blocks = random_blocks(n, d, rng)
@@ -77,8 +84,9 @@ def main(argv):
   for space in _SPACES.value:
     for name, fn in variants(space).items():
       steps[name] = tf.function(lambda fn=fn: fn(blocks, global_model))
-  print(f'n = {n}, d = {d}, G = {len(blocks)} blocks, {os.cpu_count()} CPUs; first = first call '
-        f'(tracing included), next = median of {_REPEATS.value} later calls, the variants '
+  threads = _THREADS.value or 'default'
+  print(f'n = {n}, d = {d}, G = {len(blocks)} blocks, {os.cpu_count()} CPUs, {threads} TF '
+        f'threads; first = first call (tracing included), next = median of {_REPEATS.value} later calls, the variants '
         'taking turns (so that a change in load hits all of them)')
   first = {name: measure.seconds(lambda: step()[0].numpy()) for name, step in steps.items()}
   times = {name: [] for name in steps}
