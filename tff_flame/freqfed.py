@@ -3,19 +3,20 @@
 Per round, over the n client updates delta_i (TFF's sign: G - W_i): take the
 low-frequency DCT-II coefficients of each update (or, with the global model,
 of each local model W_i = G - delta_i, the paper's space), cluster them by
-cosine distance with HDBSCAN (min cluster size n // 2 + 1, as FLAME), and
+cosine distance with HDBSCAN (min cluster size n // 2 + 1, FLAME's rule), and
 average the updates of the largest cluster with equal weights. No clipping,
 no noise.
 
-What the low frequencies are here (`feature_ops.low_frequency_dct`): the
-paper applies an orthonormal DCT-II to the weights and keeps the top-left
-triangle i + j <= floor(P / 2) of the coefficient matrix. A TFF aggregator
+What the low frequencies are here (`feature_ops.low_frequency_dct`): as the
+paper's public re-implementations do (the authors' code is not public), an
+orthonormal DCT-II of a weight matrix, keeping the top-left triangle
+i + j <= floor(P / 2) of the coefficients. A TFF aggregator
 sees each update as one flattened row of d floats, so the row is read as ONE
 P x P matrix (P = ceil(sqrt(d)), zero-padded, row-major over the value's
 leaves in order), not one matrix per layer: one transform for any model,
 k = (h + 1)(h + 2) / 2 features with h = floor(P / 2), about d / 8
-(208,981 for the 1.66 M-float EMNIST CNN, P = 1290). The transform is linear, so in
-model space the local models' features are F(G) - F(delta_i), and their
+(208,981 for the 1.66 M-float EMNIST CNN, P = 1290). The transform is
+linear, so in model space the local models' features are F(G) - F(delta_i), and their
 Gram matrix comes from the updates' features and <F(G), F(delta_i)> without
 forming G - delta_i (`blockwise_ops.model_space_gram`), as FLAME does.
 
