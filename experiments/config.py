@@ -107,8 +107,8 @@ class ExperimentConfig:
   server_learning_rate: float = param(1.0, 'server SGD learning rate', lower=0.0)
   noise_lambda: float = param(0.001, "FLAME's noise multiplier (the paper uses 0.01 for IoT)",
                               lower=0.0)
-  clustering_space: str = param('model', 'FLAME clusters local `model`s (the paper) or '
-                                '`update`s',
+  clustering_space: str = param('model', 'FLAME, flame_hardened, freqfed and multi_metrics look '
+                                'at local `model`s (the papers) or `update`s',
                                 choices=CLUSTERING_SPACES)
   flame_distance: Optional[str] = param(
       None, "FLAME's clustering distance: `cosine` or `euclidean`", choices=FLAME_DISTANCES,
@@ -117,6 +117,8 @@ class ExperimentConfig:
                                  "the median pair's update cosine similarity", lower=0.0)
   alike_group: int = param(3, 'flame_hardened: the smallest group of alike updates it rejects',
                            lower=2)
+  multi_metrics_fraction: float = param(0.3, 'multi_metrics: share of the clients (lowest '
+                                        'scores) averaged', lower=1e-6, upper=1.0)
   num_byzantine: Optional[int] = param(None, 'krum, multi_krum: f', lower=0,
                                        default_text='expected attackers per round')
   trim_fraction: float = param(0.2, 'trimmed_mean: share cut at each end per coordinate',

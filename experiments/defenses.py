@@ -117,6 +117,23 @@ def _foolsgold(config):
                                     max_clients=max_clients(config))
 
 
+@register('freqfed', 'FreqFed (Fereidooni et al. 2024): HDBSCAN on the low-frequency DCT '
+          'components of the models (`--clustering_space`), the mean of the largest cluster '
+          '(`FreqFedFactory`)', filtering=True)
+def _freqfed(config):
+  return tff_flame.FreqFedFactory(clustering_space=config.clustering_space,
+                                  max_clients=max_clients(config))
+
+
+@register('multi_metrics', 'Multi-Metrics (Huang et al. 2023): per client the summed cosine, '
+          'Manhattan and length distances to the others, whitened; the '
+          '`--multi_metrics_fraction` lowest averaged (`MultiMetricsFactory`)', filtering=True)
+def _multi_metrics(config):
+  return tff_flame.MultiMetricsFactory(fraction=config.multi_metrics_fraction,
+                                       metric_space=config.clustering_space,
+                                       max_clients=max_clients(config))
+
+
 DEFENSES = tuple(_DEFENSES)
 FILTERING = tuple(name for name, d in _DEFENSES.items() if d.filtering)
 

@@ -8,6 +8,9 @@ aggregates of the NumPy rounds in `tests/oracles.py` at n in
 TFF (rows arrive in the gather's canonical order, mapped back with a
 row-aligned payload).
 
+FreqFed and Multi-Metrics (not yet harness defenses: built here directly)
+are compared with their NumPy oracles (tests/oracles.py) through TFF.
+
 Overflow: clients with all entries 1e19, 1e25 or 3e38, alone and together
 with NaN and Inf clients, through TFF for every defense.
 """
@@ -16,6 +19,7 @@ import pathlib
 import sys
 
 import numpy as np
+import oracles
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -23,6 +27,7 @@ import tensorflow_federated as tff
 import oracles
 from experiments import config as config_lib
 from experiments import defenses
+import tff_flame
 from tff_flame import blockwise_ops
 from tff_flame import flame
 from tff_flame import robust
@@ -135,14 +140,28 @@ def test_coordinate_blocks_equal_numpy(n):
     np.testing.assert_allclose(got_agg, want_agg, rtol=1e-5, atol=1e-6)
 
 
+# The newer defenses in both spaces: factory and NumPy oracle.
+NEWER = {
+    'freqfed': (lambda: tff_flame.FreqFedFactory(max_clients=64),
+                lambda rows: oracles.freqfed_round_numpy(rows)),
+    'freqfed_model': (lambda: tff_flame.FreqFedFactory(clustering_space='model', max_clients=64),
+                      lambda rows: oracles.freqfed_round_numpy(rows, reference=GLOBAL_MODEL)),
+    'multi_metrics': (lambda: tff_flame.MultiMetricsFactory(max_clients=64),
+                      lambda rows: oracles.multi_metrics_round_numpy(rows)),
+    'multi_metrics_model': (
+        lambda: tff_flame.MultiMetricsFactory(metric_space='model', max_clients=64),
+        lambda rows: oracles.multi_metrics_round_numpy(rows, reference=GLOBAL_MODEL)),
+}
 GATHERING = ['flame', 'flame_model', 'flame_hardened', 'krum', 'multi_krum', 'median',
-             'trimmed_mean', 'foolsgold']
+             'trimmed_mean', 'foolsgold'] + list(NEWER)
 ALL = GATHERING + ['norm_bounding', 'weak_dp']
 NUM_CLIENTS = 14
 GLOBAL_MODEL = np.linspace(-1.0, 1.0, DIM).astype(np.float32)
 
 
 def make_aggregator(name):
+  if name in NEWER:
+    return NEWER[name][0]()
   space = 'model' if name in ('flame_model', 'flame_hardened') else 'update'
   return defenses.defense_factory(config_lib.ExperimentConfig(
       defense='flame' if name == 'flame_model' else name, noise_lambda=0.0,
@@ -180,6 +199,9 @@ def run_round(cache, name, rows):
 
 
 def numpy_round(name, rows):
+  if name in NEWER:
+    want = NEWER[name][1](rows)
+    return want['aggregate'], dict(admitted=want['admitted'].astype(np.int32))
   if name in ('flame', 'flame_model'):
     return oracles.flame_round_numpy(rows,
                                      reference=GLOBAL_MODEL if name == 'flame_model' else None)

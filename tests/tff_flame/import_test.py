@@ -28,8 +28,9 @@ def test_import_tff_flame_loads_neither_the_harness_nor_matplotlib_and_starts_no
 def test_the_public_names():
   import tff_flame  # pylint: disable=g-import-not-at-top
   for name in ('FlameFactory', 'KrumFactory', 'CoordinateMedianFactory', 'TrimmedMeanFactory',
-               'NonFiniteFilterFactory', 'FoolsGoldFactory', 'GatheredAggregationFactory',
-               'build_flame_fed_avg', 'hdbscan_labels', 'noise_lambda_from_privacy'):
+               'NonFiniteFilterFactory', 'FoolsGoldFactory', 'FreqFedFactory', 'MultiMetricsFactory',
+               'GatheredAggregationFactory', 'build_flame_fed_avg', 'hdbscan_labels',
+               'noise_lambda_from_privacy'):
     assert hasattr(tff_flame, name), name
   assert not hasattr(tff_flame, 'build_aggregator')  # a harness name (experiments.defenses)
 

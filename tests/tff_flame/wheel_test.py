@@ -96,7 +96,8 @@ def test_the_readme_example_runs_from_the_installed_wheel(wheel, tmp_path):
   assert '\n'.join(lines[:-1]) == printed.strip()  # what the README says it prints
 
   updates = np.array(report['updates'])
-  expected, admitted, bound = flame_round_numpy(updates)
+  expected, want = flame_round_numpy(updates)
+  admitted, bound = want['admitted'].astype(bool), want['clipping_bound']
   m = report['measurements']
   assert m['num_clients'] == len(updates) and m['num_admitted'] == admitted.sum()
   assert not admitted[-2:].any() and admitted.sum() >= 4  # the two attackers are left out
