@@ -45,6 +45,21 @@ def check_distance(distance: str) -> None:
     raise ValueError(f'distance must be one of {DISTANCES}, got {distance!r}.')
 
 
+def check_clustering(min_cluster_size: Optional[int], min_samples: int) -> None:
+  """HDBSCAN's arguments as FLAME and FreqFed take them; ValueError names the bad one."""
+  if min_cluster_size is not None and (not isinstance(min_cluster_size, int) or
+                                       min_cluster_size < 2):
+    raise ValueError(f'min_cluster_size must be None or an int >= 2, got {min_cluster_size!r}.')
+  if not isinstance(min_samples, int) or min_samples < 1:
+    raise ValueError(f'min_samples must be an int >= 1, got {min_samples!r}.')
+
+
+def check_space(name: str, space: str) -> None:
+  """`space` must be one of CLUSTERING_SPACES; ValueError names the argument `name`."""
+  if space not in CLUSTERING_SPACES:
+    raise ValueError(f'{name} must be one of {CLUSTERING_SPACES}, got {space!r}.')
+
+
 def resolve_distance(distance: Optional[str], clustering_space: str) -> str:
   """`distance`, or the space's `default_distance` when None; ValueError if unknown."""
   distance = distance or default_distance(clustering_space)
@@ -254,14 +269,8 @@ class FlameFactory(gathered.GatheredAggregationFactory):
     super().__init__(max_clients=max_clients, num_groups=num_groups)
     if not noise_lambda >= 0:
       raise ValueError(f'noise_lambda must be >= 0, got {noise_lambda!r}.')
-    if min_cluster_size is not None and (not isinstance(min_cluster_size, int) or
-                                         min_cluster_size < 2):
-      raise ValueError(f'min_cluster_size must be None or an int >= 2, got {min_cluster_size!r}.')
-    if not isinstance(min_samples, int) or min_samples < 1:
-      raise ValueError(f'min_samples must be an int >= 1, got {min_samples!r}.')
-    if clustering_space not in CLUSTERING_SPACES:
-      raise ValueError(f'clustering_space must be one of {CLUSTERING_SPACES}, '
-                       f'got {clustering_space!r}.')
+    check_clustering(min_cluster_size, min_samples)
+    check_space('clustering_space', clustering_space)
     self._noise_lambda = float(noise_lambda)
     self._min_cluster_size = min_cluster_size
     self._min_samples = min_samples

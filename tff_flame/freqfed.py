@@ -156,14 +156,8 @@ class FreqFedFactory(gathered.GatheredAggregationFactory):
       num_groups: the gather's groups G; None = `grouped_gather.num_groups_for(max_clients)`.
     """
     super().__init__(max_clients=max_clients, num_groups=num_groups)
-    if min_cluster_size is not None and (not isinstance(min_cluster_size, int) or
-                                         min_cluster_size < 2):
-      raise ValueError(f'min_cluster_size must be None or an int >= 2, got {min_cluster_size!r}.')
-    if not isinstance(min_samples, int) or min_samples < 1:
-      raise ValueError(f'min_samples must be an int >= 1, got {min_samples!r}.')
-    if clustering_space not in flame.CLUSTERING_SPACES:
-      raise ValueError(f'clustering_space must be one of {flame.CLUSTERING_SPACES}, '
-                       f'got {clustering_space!r}.')
+    flame.check_clustering(min_cluster_size, min_samples)
+    flame.check_space('clustering_space', clustering_space)
     self._min_cluster_size = min_cluster_size
     self._min_samples = min_samples
     self._clustering_space = clustering_space

@@ -183,9 +183,7 @@ class MultiMetricsFactory(gathered.GatheredAggregationFactory):
     super().__init__(max_clients=max_clients, num_groups=num_groups)
     if not 0.0 < fraction <= 1.0:
       raise ValueError(f'fraction must be in (0, 1], got {fraction!r}.')
-    if metric_space not in flame.CLUSTERING_SPACES:
-      raise ValueError(f'metric_space must be one of {flame.CLUSTERING_SPACES}, '
-                       f'got {metric_space!r}.')
+    flame.check_space('metric_space', metric_space)
     self._fraction = float(fraction)
     self._metric_space = metric_space
 
