@@ -271,13 +271,25 @@ def headline(results) -> str:
           'that ran): ' + '; '.join(parts) + '.')
 
 
+def progress(results) -> str:
+  """How many of this section's cells finished, on which code version(s)."""
+  cells = set(c for s in SECTIONS for c in cells_of(s))
+  done = [c for c in cells if results.get(c)]
+  codes = sorted({results[c]['code'] for c in done if results[c].get('code')})
+  minutes = sum(results[c]['seconds'] for c in done) / 60
+  return (f'This section: {len(done)} of {len(cells)} cells finished, code version(s) '
+          f"{', '.join(codes) or '-'}, {minutes:.0f} min of training loops; a '-' is a cell "
+          'that has not run yet.')
+
+
 def report(results, path) -> list:
   """The section's Markdown lines (and its plot beside `path`)."""
   lines = ['## Attackers who know the defense', '',
            'fashion_mnist as the main table (Dirichlet alpha 0.5, 30% of 50 clients '
            'malicious, 5 clean pretraining rounds, 10 rounds, attacks from round 3), with 20 '
            'clients per round (no round draws half attackers) and with 10. Each attacker '
-           'knows what the table below says, never a benign client\'s update.', '']
+           'knows what the table below says, never a benign client\'s update.', '',
+           progress(results), '']
   lines += knowledge_table()
   lines += ['', '### Without a defense: does each attack implant?', '']
   lines += implant_check(results)

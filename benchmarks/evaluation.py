@@ -2,6 +2,8 @@
 
   python -m benchmarks.evaluation --processes=2   # every section, in order
   python -m benchmarks.evaluation --report_only      # rewrite the report from what finished
+  python -m benchmarks.evaluation --sections=adaptive --only_adaptive_report
+      # run one section of the attackers who know the defense; rewrite only that section
 
 Each cell is one run of the training binary (`python -m experiments.run`) in
 its own process, into results/evaluation/<task>/<attack>/<defense>/<variant>/seed<k>/.
@@ -67,6 +69,9 @@ TASK_ATTACKS = collections.OrderedDict([
     ('shakespeare', ('constrain_and_scale',)),
 ])
 FLAGS = flags.FLAGS
+ADAPTIVE_BEGIN = '<!-- begin: attackers who know the defense (benchmarks/adaptive.py) -->'
+ADAPTIVE_END = '<!-- end: attackers who know the defense -->'
+GEOMETRIES = "## FLAME's geometries under constrain-and-scale (seed 0)"
 
 def cells_of(section: str) -> list:
   """The cells of one section, most important first."""
@@ -333,12 +338,8 @@ def write_report(output_dir, path) -> None:
            'MA / BA in % after the last round; `(3)` marks a mean ± std over 3 seeds. TPR / TNR '
            '(malicious rejected, benign admitted) averaged over attack rounds, seed 0.', '']
   lines += main_table(results)
-  headline = adaptive.headline(results)
-  if headline:
-    lines += ['', headline]
-  lines += ['']
-  lines += adaptive.report(results, path)
-  lines += ['', "## FLAME's geometries under constrain-and-scale (seed 0)", '',
+  lines += adaptive_block(results, path)
+  lines += ['', GEOMETRIES, '',
             'TPR and TNR averaged over attack rounds, BA after the last round (%).', '']
   lines += bare_path_table(results)
   lines += ['', "## Side by side with the paper's constrain-and-scale FLAME column", '',
@@ -365,6 +366,35 @@ def write_report(output_dir, path) -> None:
   os.replace(str(path) + '.tmp', path)
 
 
+def adaptive_block(results, path) -> list:
+  """The headline and the section 'Attackers who know the defense', between the markers that
+  `write_adaptive_section` finds again."""
+  headline = adaptive.headline(results)
+  return (['', ADAPTIVE_BEGIN] + ([headline, ''] if headline else []) +
+          adaptive.report(results, path) + [ADAPTIVE_END])
+
+
+def write_adaptive_section(output_dir, path) -> None:
+  """Rewrites only the section 'Attackers who know the defense' (and its headline) in an
+  existing report, keeping the other sections as they were last measured; where the report
+  has no such section yet, it goes before FLAME's geometries (or at the end)."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f'--only_adaptive_report: {path} does not exist; run the whole '
+                            'report first.')
+  cells = [c for s in adaptive.SECTIONS for c in cells_of(s)]
+  results = {c: read_cell(output_dir, c) for c in cells}
+  block = '\n'.join(adaptive_block(results, path)[1:]) + '\n'
+  text = path.read_text()
+  if ADAPTIVE_BEGIN in text and ADAPTIVE_END in text:
+    start, end = text.index(ADAPTIVE_BEGIN), text.index(ADAPTIVE_END) + len(ADAPTIVE_END) + 1
+  else:
+    start = end = (text.index(GEOMETRIES) if GEOMETRIES in text else len(text))
+  with open(str(path) + '.tmp', 'w') as f:
+    f.write(text[:start] + block + ('\n' if end == start else '') + text[end:])
+  os.replace(str(path) + '.tmp', path)
+
+
 def define_flags() -> None:
   """The binary's flags (defined only when run as a program: the defense grid, imported
   in the same test process, has flags of the same names)."""
@@ -374,12 +404,16 @@ def define_flags() -> None:
   flags.DEFINE_string('report', str(DOCS / 'evaluation.md'),
                       'The Markdown report (plots go beside it).')
   flags.DEFINE_bool('report_only', False, 'Only rewrite the report.')
+  flags.DEFINE_bool('only_adaptive_report', False,
+                    "Rewrite only the section 'Attackers who know the defense' of --report, "
+                    'keeping its other sections as they were last measured.')
 
 
 def main(argv):
   del argv
   for s in FLAGS.sections:
     cells_of(s)  # names the bad section
+  rewrite = write_adaptive_section if FLAGS.only_adaptive_report else write_report
   if not FLAGS.report_only:
     for section in set(FLAGS.sections) & {'tasks', 'task_attacks'}:
       if not training_runs.SHARED_DATA.exists():
@@ -396,8 +430,8 @@ def main(argv):
         print(f'[{i}/{len(cells)}] {time.strftime("%H:%M:%S")} {c.task}/{c.attack}/{c.defense}/'
               f'{c.variant}/seed{c.seed}: {status} ({seconds:.0f}s)', flush=True)
         with lock:
-          write_report(FLAGS.output_dir, FLAGS.report)
-  write_report(FLAGS.output_dir, FLAGS.report)
+          rewrite(FLAGS.output_dir, FLAGS.report)
+  rewrite(FLAGS.output_dir, FLAGS.report)
   print(f'report: {FLAGS.report}')
 
 

@@ -148,6 +148,31 @@ def test_adaptive_section_tables(tmp_path):
       per_round
 
 
+def test_only_the_adaptive_section_is_rewritten(tmp_path):
+  twenty = adaptive.TWENTY
+  write_cell(tmp_path, Cell('fashion_mnist', 'stay_small', 'flame', twenty, 0),
+             attack_rounds(0.74, 0.7), clients_per_round=20)
+  report = tmp_path / 'report.md'
+  kept = '# Old report\n\nmain table, measured earlier\n\n'
+  report.write_text(kept + evaluation.GEOMETRIES + '\n\nold geometries\n')
+  for _ in range(2):  # inserted once, then replaced in place
+    evaluation.write_adaptive_section(tmp_path, report)
+    text = report.read_text()
+    assert text.startswith(kept + evaluation.ADAPTIVE_BEGIN)
+    assert text.endswith(evaluation.ADAPTIVE_END + '\n\n' + evaluation.GEOMETRIES +
+                         '\n\nold geometries\n')
+    assert text.count('## Attackers who know the defense') == 1
+    total = len(set(c for s in adaptive.SECTIONS for c in adaptive.cells_of(s)))
+    assert f'This section: 1 of {total} cells finished' in text
+    assert '| flame | 90.0 / 90.0 |' in text
+  # The whole report carries the same markers, so a later splice finds them.
+  evaluation.write_report(tmp_path, report)
+  evaluation.write_adaptive_section(tmp_path, report)
+  assert report.read_text().count(evaluation.ADAPTIVE_BEGIN) == 1
+  with pytest.raises(FileNotFoundError, match='only_adaptive_report'):
+    evaluation.write_adaptive_section(tmp_path, tmp_path / 'absent.md')
+
+
 if __name__ == '__main__':
   # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
   tests_dir = pathlib.Path(__file__).absolute().parents[1]
