@@ -43,11 +43,3 @@ def worker_peak_mb() -> float:
       if line.startswith('VmHWM'):
         return int(line.split()[1]) / 1024
   return float('nan')
-
-
-def available_mb() -> float:
-  with open('/proc/meminfo') as f:
-    for line in f:
-      if line.startswith('MemAvailable'):
-        return int(line.split()[1]) / 1024
-  return float('inf')

@@ -2,8 +2,8 @@
 
 `grouped_gather` delivers the n client updates as G blocks (sum_g m_g = n).
 These pure TF functions work on such a list of blocks without ever building a
-second [n, d] temporary: each function touches at most two blocks at a time
-(block-sized temporaries), and results are [n], [n, n] or [d]. Only the
+second [n, d] temporary: a temporary holds at most one block, or one column
+slice of all n rows, and results are [n], [n, n] or [d]. Only the
 coordinate-wise path (`concat_rows`, then `coordinate_median` or
 `trimmed_mean`) builds one [n, d] matrix, since sorting per coordinate needs
 all rows; nothing there is quadratic in d.
@@ -127,16 +127,6 @@ class _Blocks:
   def rows_of(self, g):
     """(start, stop) of block g's rows."""
     return self.offsets[g], self.offsets[g + 1]
-
-
-def finite_entries(blocks) -> tf.Tensor:
-  """bool [n]: rows without NaN or Inf."""
-  if not blocks:
-    return tf.zeros([0], tf.bool)
-  b = _Blocks(blocks)
-  return tf.reshape(
-      b.map_raw_rows(lambda g, x: tf.reduce_all(tf.math.is_finite(x), axis=1), tf.bool),
-      [b.num_rows])
 
 
 def _pow2(k: tf.Tensor) -> tf.Tensor:

@@ -25,8 +25,7 @@ execution context):
   3. `report` adds `order`, the permutation that sorts the group's rows by
      fingerprint, without moving any row (TFF's runtime would keep both
      copies until the computation ends). Read block g's rows in the order
-     rows[order] (`sorted_block`, or `blockwise_ops`, which applies `order`
-     one block at a time). Groups come in the order g = 0..G-1, so the rows
+     rows[order] (`blockwise_ops` applies `order` one block at a time). Groups come in the order g = 0..G-1, so the rows
      read that way are in a canonical order, (group, fingerprint), that
      depends only on the multiset of client values: results do not depend on
      the order TFF visits clients in. Rows with the same fingerprint are (up
@@ -180,10 +179,10 @@ class GroupedGather:
     payload:      (only with a payload) the payload structure, leaves
                   [m_g, ...], aligned with rows;
     order:        int32 [m_g], the canonical order: rows[order] are sorted
-                  by fingerprint (see `sorted_block`).
+                  by fingerprint.
 
   sum_g m_g = n, and the rows are the clients' values exactly (float leaves
-  cast to float32, as `gathered_factory` does), NaN and Inf included.
+  cast to float32, as `gathered.GatheredAggregationFactory` does), NaN and Inf included.
 
   Attributes:
     num_groups: G.
@@ -324,20 +323,3 @@ def blocks_of(result) -> list:
   if isinstance(result, tff.structure.Struct):
     result = tff.structure.to_odict_or_tuple(result, recursive=True)
   return list(result)
-
-
-def sorted_block(block) -> collections.OrderedDict:
-  """The block with rows, fingerprints and payload in its canonical order (copies the rows)."""
-  order = block[ORDER]
-  out = collections.OrderedDict()
-  for k in block:
-    if k != ORDER:
-      out[k] = tf.nest.map_structure(lambda x: tf.gather(x, order), block[k])
-  return out
-
-
-def unflatten_row(row: tf.Tensor, specs) -> list:
-  """The leaves of one value from its [d] row, with the specs' shapes and dtypes."""
-  sizes = [int(np.prod(shape)) for shape, _ in specs]
-  parts = tf.split(row, sizes) if len(sizes) > 1 else [row]
-  return [tf.cast(tf.reshape(p, shape), dtype) for p, (shape, dtype) in zip(parts, specs)]

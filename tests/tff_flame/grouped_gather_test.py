@@ -11,6 +11,7 @@ import tensorflow_federated as tff
 
 from tff_flame import blockwise_ops
 from tff_flame import grouped_gather
+from tff_flame import stacked_ops
 
 VALUE_TYPE = tff.StructWithPythonType(
     [tff.TensorType(np.float32, [2, 3]), tff.TensorType(np.float32, [4])], list)
@@ -204,10 +205,10 @@ def test_bad_types():
     grouped_gather.build_grouped_gather(tff.TensorType(np.float32, [3]), 0)
 
 
-def test_unflatten_row():
+def test_a_row_unflattens_with_the_gathers_specs():
   gather = grouped_gather.build_grouped_gather(VALUE_TYPE, 1)
   row = np.arange(DIM, dtype=np.float32)
-  leaves = grouped_gather.unflatten_row(tf.constant(row), gather.specs)
+  leaves = stacked_ops.unflatten_vector(tf.constant(row), gather.specs)
   np.testing.assert_array_equal(leaves[0].numpy(), row[:6].reshape(2, 3))
   np.testing.assert_array_equal(leaves[1].numpy(), row[6:])
   assert gather.dim == DIM
