@@ -103,7 +103,8 @@ def cells_of(section: str) -> list:
 def run_order(sections) -> list:
   """The cells of `sections`, each once, in the order they run: what the report needs most
   first (a 2-core machine may not finish them all): the attackers who know the defense against
-  none, FLAME and the hardened FLAME, constrain-and-scale, the other defenses against the
+  none, FLAME and the hardened FLAME, their seeds 1 and 2 with no attack and under stay_small,
+  constrain-and-scale, the other defenses against the
   adaptive attackers, the other tasks, DBA and PGD, the adaptive seeds, stay_small's radius,
   the malicious-share sweep, the constrain-and-scale seeds, data poisoning, the adaptive attacks
   at 10 per round and on the other tasks, the alpha sweep, the other seeds, clients per round,
@@ -116,8 +117,7 @@ def run_order(sections) -> list:
     if section == 'seeds':
       return 9 if cell.attack in ('none', 'constrain_and_scale') else 14
     if section in adaptive.SECTIONS:
-      return dict(adaptive=0 if cell.defense in adaptive.SEEDED else 2, adaptive_seeds=6,
-                  stay_small_fraction=7, adaptive_ten=11, adaptive_tasks=12)[section]
+      return adaptive.priority(section, cell)
     return dict(tasks=3, malicious_fraction=8, dirichlet_alpha=13, clients_per_round=15,
                 task_attacks=16)[section]
 
