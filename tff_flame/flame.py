@@ -17,7 +17,6 @@ import math
 from typing import Optional
 
 import tensorflow as tf
-import tensorflow_federated as tff
 
 from tff_flame import blockwise_ops
 from tff_flame import clustering
@@ -290,10 +289,6 @@ class FlameFactory(gathered.GatheredAggregationFactory):
   def requires_global_model(self) -> bool:
     # Euclidean distances between models equal those between updates.
     return self._clustering_space == 'model' and self._distance == 'cosine'
-
-  def as_weighted(self) -> tff.aggregators.WeightedAggregationFactory:
-    """The same aggregator for `build_weighted_fed_avg`; client weights are ignored."""
-    return tff.aggregators.as_weighted_aggregator(self)
 
   def initial_state(self):
     return collections.OrderedDict(

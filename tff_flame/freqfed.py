@@ -31,7 +31,6 @@ import collections
 from typing import Optional
 
 import tensorflow as tf
-import tensorflow_federated as tff
 
 from tff_flame import blockwise_ops
 from tff_flame import clustering
@@ -169,10 +168,6 @@ class FreqFedFactory(gathered.GatheredAggregationFactory):
   @property
   def requires_global_model(self) -> bool:
     return self._clustering_space == 'model'
-
-  def as_weighted(self) -> tff.aggregators.WeightedAggregationFactory:
-    """The same aggregator for `build_weighted_fed_avg`; client weights are ignored."""
-    return tff.aggregators.as_weighted_aggregator(self)
 
   def initial_state(self):
     return ()

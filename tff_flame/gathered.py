@@ -94,6 +94,10 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     """Whether `server_step` needs the global model (then `next` takes it at the server)."""
     return False
 
+  def as_weighted(self) -> tff.aggregators.WeightedAggregationFactory:
+    """The same aggregator for `build_weighted_fed_avg`; client weights are ignored."""
+    return tff.aggregators.as_weighted_aggregator(self)
+
   @abc.abstractmethod
   def initial_state(self) -> Any:
     """The server state at round 0 (TF values; called in a TF computation)."""

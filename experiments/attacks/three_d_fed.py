@@ -63,7 +63,7 @@ def output_rows(weights: list, classes) -> np.ndarray:
   """Flat indices of the output layer's kernel columns and bias entries of `classes`."""
   sizes = [int(np.prod(np.shape(w))) for w in weights]
   offsets = np.concatenate([[0], np.cumsum(sizes)])
-  kernel, bias = np.shape(weights[-2]), np.shape(weights[-1])
+  kernel = np.shape(weights[-2])
   kernel_index = np.arange(sizes[-2]).reshape(kernel)[:, list(classes)].ravel() + offsets[-3]
   return np.concatenate([kernel_index, np.asarray(list(classes)) + offsets[-2]])
 

@@ -19,7 +19,6 @@ import pathlib
 import sys
 
 import numpy as np
-import oracles
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -30,6 +29,7 @@ from experiments import defenses
 import tff_flame
 from tff_flame import blockwise_ops
 from tff_flame import flame
+from tff_flame import gathered
 from tff_flame import robust
 
 DIM = 10
@@ -287,6 +287,14 @@ def test_huge_clients_break_no_round(processes, name):
         assert m['num_admitted'] >= 1
     else:
       assert m['num_non_finite'] == len(bad), (name, case)
+
+
+@pytest.mark.parametrize('name', GATHERING)
+def test_every_gathering_defense_has_a_weighted_form(name):
+  """`as_weighted()` (for `build_weighted_fed_avg`) comes from the base, for every defense."""
+  factory = make_aggregator(name)
+  assert isinstance(factory, gathered.GatheredAggregationFactory)
+  assert isinstance(factory.as_weighted(), tff.aggregators.WeightedAggregationFactory)
 
 
 @pytest.mark.parametrize('name', ['flame', 'flame_model', 'krum', 'median'])
