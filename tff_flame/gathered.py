@@ -14,9 +14,9 @@ EMNIST CNN). Each client picks its group alone, g = fingerprint(value) mod G,
 and the server receives the groups in the canonical order (group,
 fingerprint): the row order depends only on the multiset of client values,
 never on the order TFF visits clients in. `server_step` works block by block
-(`tff_flame.blockwise_ops`): Gram matrices, norms and clipped sums touch at
-most two blocks at a time; a coordinate-wise defense may concatenate the
-rows once.
+(`tff_flame.blockwise_ops`): Gram matrices, norms and clipped sums hold at
+most one block or one column slice of all rows at a time; a coordinate-wise
+defense may concatenate the rows once.
 
 G is `grouped_gather.num_groups_for(max_clients)` (see there): groups of about 4 clients
 while max_clients <= 128, at most 32 groups.
@@ -135,74 +135,103 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     `(value, payload)` and the measurements gain `payload`: the gathered
     payloads, row-aligned with the per-row measurements.
     """
-    specs = grouped_gather.check_value_type(value_type)
-    with_payload = payload_type is not None
-    client_type = (tff.StructWithPythonType([value_type, payload_type], tuple)
-                   if with_payload else value_type)
+    grouped_gather.check_value_type(value_type)
+    client_type = (value_type if payload_type is None else
+                   tff.StructWithPythonType([value_type, payload_type], tuple))
     gather = grouped_gather.build_grouped_gather(client_type, self._num_groups,
-                                                 with_payload=with_payload)
-    max_clients = self._max_clients
+                                                 with_payload=payload_type is not None)
+    initialize = build_initialize(self)
+    server = build_server_computation(self, value_type, gather,
+                                      initialize.type_signature.result.member)
+    return tff.templates.MeasuredProcess(
+        initialize, build_next(initialize, client_type, value_type, gather, server,
+                               self.requires_global_model))
 
-    @tff.tensorflow.computation
-    def initial_state_tf():
-      return self.initial_state()
 
-    def server_body(state, gathered, num_clients, global_model):
-      blocks = grouped_gather.blocks_of(gathered)
-      rows = [b[grouped_gather.ROWS] for b in blocks]
-      orders = [b[grouped_gather.ORDER] for b in blocks]
-      n = tf.add_n([tf.shape(r)[0] for r in rows])
-      checks = [
-          tf.debugging.assert_less_equal(
-              num_clients, max_clients,
-              message=f'more clients took part than max_clients={max_clients}: '
-              'raise max_clients so that every update reaches the defense.'),
-          tf.debugging.assert_equal(n, num_clients, message='the gather lost client rows.')]
-      with tf.control_dependencies(checks):
-        orders = [tf.identity(o) for o in orders]
-      # Rows stay where the gather put them; `order` is applied one block at a time.
-      row_blocks = [collections.OrderedDict(rows=r, order=o) for r, o in zip(rows, orders)]
-      if global_model is not None:
-        global_model = stacked_ops.flatten_rows(
-            [tf.expand_dims(x, 0) for x in grouped_gather.leaves_of(global_model)])[0]
-      new_state, aggregate, measurements = self.server_step(state, row_blocks, global_model)
-      if with_payload:
-        measurements = collections.OrderedDict(measurements, payload=_concat_payload(blocks))
-      result = _pack_like(value_type, stacked_ops.unflatten_vector(aggregate, specs))
-      return new_state, result, measurements
+def build_initialize(factory: GatheredAggregationFactory) -> tff.Computation:
+  """`initialize()`: the factory's `initial_state()` placed at the server."""
 
-    server_state_type = initial_state_tf.type_signature.result
-    gathered_type = gather.result_type
-    if self.requires_global_model:
-      @tff.tensorflow.computation(server_state_type, gathered_type, np.int32, value_type)
-      def server(state, gathered, num_clients, global_model):
-        return server_body(state, gathered, num_clients, global_model)
-    else:
-      @tff.tensorflow.computation(server_state_type, gathered_type, np.int32)
-      def server(state, gathered, num_clients):
-        return server_body(state, gathered, num_clients, None)
+  @tff.tensorflow.computation
+  def initial_state():
+    return factory.initial_state()
 
-    @tff.federated_computation()
-    def init_fn():
-      return tff.federated_eval(initial_state_tf, tff.SERVER)
+  @tff.federated_computation()
+  def initialize():
+    return tff.federated_eval(initial_state, tff.SERVER)
 
-    def round_at_server(state, value, *global_model):
-      num_clients = tff.federated_sum(tff.federated_value(np.int32(1), tff.CLIENTS))
-      gathered = gather(value)
-      new_state, result, measurements = tff.federated_map(
-          server, tff.federated_zip((state, gathered, num_clients, *global_model)))
-      return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
+  return initialize
 
-    state_type = init_fn.type_signature.result
-    client_value_type = tff.FederatedType(client_type, tff.CLIENTS)
-    if self.requires_global_model:
-      @tff.federated_computation(state_type, client_value_type,
-                                 tff.FederatedType(value_type, tff.SERVER))
-      def next_with_global_model(state, value, global_model):
-        return round_at_server(state, value, global_model)
-      return tff.templates.MeasuredProcess(init_fn, next_with_global_model)
 
-    @tff.federated_computation(state_type, client_value_type)
-    def next_fn(state, value):
-      return round_at_server(state, value)
-    return tff.templates.MeasuredProcess(init_fn, next_fn)
+def checked_row_blocks(blocks: list, num_clients: tf.Tensor, max_clients: int) -> list:
+  """The gathered blocks as OrderedDict(rows, order), once the round is checked: every
+  client's row arrived, and no more than `max_clients` took part."""
+  rows = [b[grouped_gather.ROWS] for b in blocks]
+  orders = [b[grouped_gather.ORDER] for b in blocks]
+  n = tf.add_n([tf.shape(r)[0] for r in rows])
+  checks = [
+      tf.debugging.assert_less_equal(
+          num_clients, max_clients,
+          message=f'more clients took part than max_clients={max_clients}: '
+          'raise max_clients so that every update reaches the defense.'),
+      tf.debugging.assert_equal(n, num_clients, message='the gather lost client rows.')]
+  with tf.control_dependencies(checks):
+    orders = [tf.identity(o) for o in orders]
+  # Rows stay where the gather put them; `order` is applied one block at a time.
+  return [collections.OrderedDict(rows=r, order=o) for r, o in zip(rows, orders)]
+
+
+def build_server_computation(factory: GatheredAggregationFactory, value_type, gather,
+                             state_type) -> tff.Computation:
+  """`server(state, gathered, num_clients[, global_model])`: the factory's `server_step` on
+  the checked blocks -> (new state, aggregate shaped as `value_type`, measurements)."""
+  specs = grouped_gather.check_value_type(value_type)
+
+  def body(state, gathered, num_clients, global_model):
+    blocks = grouped_gather.blocks_of(gathered)
+    row_blocks = checked_row_blocks(blocks, num_clients, factory.max_clients)
+    if global_model is not None:
+      global_model = stacked_ops.flatten_rows(
+          [tf.expand_dims(x, 0) for x in grouped_gather.leaves_of(global_model)])[0]
+    new_state, aggregate, measurements = factory.server_step(state, row_blocks, global_model)
+    if gather.with_payload:
+      measurements = collections.OrderedDict(measurements, payload=_concat_payload(blocks))
+    result = _pack_like(value_type, stacked_ops.unflatten_vector(aggregate, specs))
+    return new_state, result, measurements
+
+  if factory.requires_global_model:
+    @tff.tensorflow.computation(state_type, gather.result_type, np.int32, value_type)
+    def server_with_global_model(state, gathered, num_clients, global_model):
+      return body(state, gathered, num_clients, global_model)
+    return server_with_global_model
+
+  @tff.tensorflow.computation(state_type, gather.result_type, np.int32)
+  def server(state, gathered, num_clients):
+    return body(state, gathered, num_clients, None)
+  return server
+
+
+def build_next(initialize, client_type, value_type, gather, server,
+               requires_global_model: bool) -> tff.Computation:
+  """`next(state, value@CLIENTS[, global_model@SERVER])`: count the clients, gather their
+  values, run `server` at the server."""
+
+  def round_at_server(state, value, *global_model):
+    num_clients = tff.federated_sum(tff.federated_value(np.int32(1), tff.CLIENTS))
+    gathered = gather(value)
+    new_state, result, measurements = tff.federated_map(
+        server, tff.federated_zip((state, gathered, num_clients, *global_model)))
+    return tff.templates.MeasuredProcessOutput(new_state, result, measurements)
+
+  state_type = initialize.type_signature.result
+  client_value_type = tff.FederatedType(client_type, tff.CLIENTS)
+  if requires_global_model:
+    @tff.federated_computation(state_type, client_value_type,
+                               tff.FederatedType(value_type, tff.SERVER))
+    def next_with_global_model(state, value, global_model):
+      return round_at_server(state, value, global_model)
+    return next_with_global_model
+
+  @tff.federated_computation(state_type, client_value_type)
+  def next_fn(state, value):
+    return round_at_server(state, value)
+  return next_fn
