@@ -197,113 +197,161 @@ class GroupedGather:
     if not isinstance(num_groups, int) or num_groups < 1:
       raise ValueError(f'num_groups must be a positive int, got {num_groups!r}.')
     client_value_type = tff.to_type(client_value_type)
-    if with_payload:
-      if not (isinstance(client_value_type, tff.StructType) and len(client_value_type) == 2):
-        raise TypeError('with_payload=True needs client values (value, payload), got '
-                        f'{client_value_type!r}.')
-      value_type, payload_type = client_value_type[0], client_value_type[1]
-      if not (isinstance(payload_type, tff.TensorType) or
-              tff.types.is_structure_of_tensors(payload_type)):
-        raise TypeError(f'the payload must be a structure of tensors, got {payload_type!r}.')
-      for leaf in leaf_types(payload_type):
-        if not tf.TensorShape(leaf.shape).is_fully_defined():
-          raise TypeError(f'payload leaves must have fully defined shapes, got {leaf!r}.')
-    else:
-      value_type, payload_type = client_value_type, None
+    value_type, payload_type = split_client_type(client_value_type, with_payload)
     self.num_groups = num_groups
     self.specs = check_value_type(value_type)
     self.dim = int(sum(int(np.prod(shape)) for shape, _ in self.specs))
     self.with_payload = with_payload
-    dim = self.dim
-
-    key_type = tff.StructWithPythonType([(FINGERPRINTS, tff.TensorType(np.int64)),
-                                         (_GROUP, tff.TensorType(np.int32))],
-                                        collections.OrderedDict)
-    item_type = tff.StructWithPythonType([client_value_type, key_type], tuple)
-    block_fields = [(ROWS, tff.TensorType(np.float32, [None, dim])),
-                    (FINGERPRINTS, tff.TensorType(np.int64, [None]))]
-    if with_payload:
-      block_fields.append((PAYLOAD, _add_leading_dim(payload_type)))
-    block_type = tff.StructWithPythonType(
-        block_fields + [(ORDER, tff.TensorType(np.int32, [None]))], collections.OrderedDict)
-    accumulator_type = tff.StructWithPythonType(
-        block_fields + [(_GROUP, tff.TensorType(np.int32))], collections.OrderedDict)
-    self.block_type = block_type
-    self.result_type = tff.StructWithPythonType([block_type] * num_groups, list)
-
-    @tff.tensorflow.computation(client_value_type)
-    def client_key(client_value):
-      # Only the (small) key is computed here: the client's value reaches the
-      # aggregates through a federated_zip, by reference, not as a TF output
-      # (each TF output is a new buffer in TFF's runtime).
-      if with_payload:
-        value, payload = client_value[0], client_value[1]
-      else:
-        value, payload = client_value, None
-      fp = fingerprint(flatten_value(value), payload)
-      return collections.OrderedDict([(FINGERPRINTS, fp), (_GROUP, group_of(fp, num_groups))])
-
-    def empty_accumulator(group):
-      acc = collections.OrderedDict([(ROWS, tf.zeros([0, dim], tf.float32)),
-                                     (FINGERPRINTS, tf.zeros([0], tf.int64))])
-      if with_payload:
-        acc[PAYLOAD] = _empty_like(payload_type)
-      acc[_GROUP] = tf.constant(group, tf.int32)
-      return acc
-
-    def zero_for(group):
-      @tff.tensorflow.computation
-      def zero():
-        return empty_accumulator(group)
-      return zero
-
-    def append(acc, item):
-      client_value, key = item
-      value = client_value[0] if with_payload else client_value
-      out = collections.OrderedDict([
-          (ROWS, tf.concat([acc[ROWS], flatten_value(value)[tf.newaxis]], axis=0)),
-          (FINGERPRINTS, tf.concat([acc[FINGERPRINTS], key[FINGERPRINTS][tf.newaxis]], 0))])
-      if with_payload:
-        out[PAYLOAD] = tf.nest.map_structure(
-            lambda a, b: tf.concat([a, tf.convert_to_tensor(b)[tf.newaxis]], axis=0),
-            acc[PAYLOAD], client_value[1])
-      out[_GROUP] = acc[_GROUP]
-      return out
-
-    @tff.tensorflow.computation(accumulator_type, item_type)
-    def accumulate(acc, item):
-      return tf.cond(tf.equal(item[1][_GROUP], acc[_GROUP]), lambda: append(acc, item),
-                     lambda: acc)
-
-    @tff.tensorflow.computation(accumulator_type, accumulator_type)
-    def merge(a, b):
-      out = tf.nest.map_structure(lambda x, y: tf.concat([x, y], axis=0),
-                                  {k: a[k] for k in a if k != _GROUP},
-                                  {k: b[k] for k in b if k != _GROUP})
-      return collections.OrderedDict(
-          [(k, out[k]) for k in a if k != _GROUP] + [(_GROUP, a[_GROUP])])
-
-    @tff.tensorflow.computation(accumulator_type)
-    def report(acc):
-      # No row is moved here (a copy of every row would stay alive until the
-      # computation ends): consumers read rows through `order`.
-      out = collections.OrderedDict((k, acc[k]) for k in acc if k != _GROUP)
-      out[ORDER] = tf.argsort(acc[FINGERPRINTS], stable=True, direction='ASCENDING')
-      return out
-
-    zeros = [zero_for(g) for g in range(num_groups)]
-
-    @tff.federated_computation(tff.FederatedType(client_value_type, tff.CLIENTS))
-    def gather(client_value):
-      items = tff.federated_zip((client_value, tff.federated_map(client_key, client_value)))
-      blocks = [tff.federated_aggregate(items, zeros[g](), accumulate, merge, report)
-                for g in range(num_groups)]
-      return tff.federated_zip(blocks)
-
-    self.computation = gather
+    self.block_type, accumulator_type = block_and_accumulator_types(self.dim, payload_type)
+    self.result_type = tff.StructWithPythonType([self.block_type] * num_groups, list)
+    self.computation = build_gather_computation(client_value_type, accumulator_type, num_groups,
+                                                self.dim, payload_type)
 
   def __call__(self, client_value):
     return self.computation(client_value)
+
+
+def split_client_type(client_value_type, with_payload: bool) -> tuple:
+  """(value type, payload type or None) of a client's value, checked."""
+  if not with_payload:
+    return client_value_type, None
+  if not (isinstance(client_value_type, tff.StructType) and len(client_value_type) == 2):
+    raise TypeError('with_payload=True needs client values (value, payload), got '
+                    f'{client_value_type!r}.')
+  value_type, payload_type = client_value_type[0], client_value_type[1]
+  if not (isinstance(payload_type, tff.TensorType) or
+          tff.types.is_structure_of_tensors(payload_type)):
+    raise TypeError(f'the payload must be a structure of tensors, got {payload_type!r}.')
+  for leaf in leaf_types(payload_type):
+    if not tf.TensorShape(leaf.shape).is_fully_defined():
+      raise TypeError(f'payload leaves must have fully defined shapes, got {leaf!r}.')
+  return value_type, payload_type
+
+
+def block_and_accumulator_types(dim: int, payload_type) -> tuple:
+  """The TFF types of one group's block (rows, fingerprints, payload, order) and of its
+  accumulator (rows, fingerprints, payload, group)."""
+  fields = [(ROWS, tff.TensorType(np.float32, [None, dim])),
+            (FINGERPRINTS, tff.TensorType(np.int64, [None]))]
+  if payload_type is not None:
+    fields.append((PAYLOAD, _add_leading_dim(payload_type)))
+  block_type = tff.StructWithPythonType(
+      fields + [(ORDER, tff.TensorType(np.int32, [None]))], collections.OrderedDict)
+  accumulator_type = tff.StructWithPythonType(
+      fields + [(_GROUP, tff.TensorType(np.int32))], collections.OrderedDict)
+  return block_type, accumulator_type
+
+
+def _split_value(client_value, with_payload: bool) -> tuple:
+  return (client_value[0], client_value[1]) if with_payload else (client_value, None)
+
+
+def build_client_key(client_value_type, num_groups: int,
+                     with_payload: bool) -> tff.Computation:
+  """Each client's key: the fingerprint of its value (and payload) and its group."""
+
+  @tff.tensorflow.computation(client_value_type)
+  def client_key(client_value):
+    # Only the (small) key is computed here: the client's value reaches the
+    # aggregates through a federated_zip, by reference, not as a TF output
+    # (each TF output is a new buffer in TFF's runtime).
+    value, payload = _split_value(client_value, with_payload)
+    fp = fingerprint(flatten_value(value), payload)
+    return collections.OrderedDict([(FINGERPRINTS, fp), (_GROUP, group_of(fp, num_groups))])
+
+  return client_key
+
+
+def build_zero(group: int, dim: int, payload_type) -> tff.Computation:
+  """The empty accumulator of aggregate `group`."""
+
+  @tff.tensorflow.computation
+  def zero():
+    acc = collections.OrderedDict([(ROWS, tf.zeros([0, dim], tf.float32)),
+                                   (FINGERPRINTS, tf.zeros([0], tf.int64))])
+    if payload_type is not None:
+      acc[PAYLOAD] = _empty_like(payload_type)
+    acc[_GROUP] = tf.constant(group, tf.int32)
+    return acc
+
+  return zero
+
+
+def _append(acc, item, with_payload: bool) -> collections.OrderedDict:
+  """The accumulator with the client's row, fingerprint and payload appended."""
+  client_value, key = item
+  value, payload = _split_value(client_value, with_payload)
+  out = collections.OrderedDict([
+      (ROWS, tf.concat([acc[ROWS], flatten_value(value)[tf.newaxis]], axis=0)),
+      (FINGERPRINTS, tf.concat([acc[FINGERPRINTS], key[FINGERPRINTS][tf.newaxis]], 0))])
+  if with_payload:
+    out[PAYLOAD] = tf.nest.map_structure(
+        lambda a, b: tf.concat([a, tf.convert_to_tensor(b)[tf.newaxis]], axis=0),
+        acc[PAYLOAD], payload)
+  out[_GROUP] = acc[_GROUP]
+  return out
+
+
+def build_accumulate(accumulator_type, item_type, with_payload: bool) -> tff.Computation:
+  """Appends a client of the accumulator's group; passes the others through unchanged."""
+
+  @tff.tensorflow.computation(accumulator_type, item_type)
+  def accumulate(acc, item):
+    return tf.cond(tf.equal(item[1][_GROUP], acc[_GROUP]),
+                   lambda: _append(acc, item, with_payload), lambda: acc)
+
+  return accumulate
+
+
+def build_merge(accumulator_type) -> tff.Computation:
+  """Two partial accumulators of one group, concatenated (the mergeable context's step)."""
+
+  @tff.tensorflow.computation(accumulator_type, accumulator_type)
+  def merge(a, b):
+    out = tf.nest.map_structure(lambda x, y: tf.concat([x, y], axis=0),
+                                {k: a[k] for k in a if k != _GROUP},
+                                {k: b[k] for k in b if k != _GROUP})
+    return collections.OrderedDict(
+        [(k, out[k]) for k in a if k != _GROUP] + [(_GROUP, a[_GROUP])])
+
+  return merge
+
+
+def build_report(accumulator_type) -> tff.Computation:
+  """The group's block: its rows as they arrived, and `order`, which sorts them."""
+
+  @tff.tensorflow.computation(accumulator_type)
+  def report(acc):
+    # No row is moved here (a copy of every row would stay alive until the
+    # computation ends): consumers read rows through `order`.
+    out = collections.OrderedDict((k, acc[k]) for k in acc if k != _GROUP)
+    out[ORDER] = tf.argsort(acc[FINGERPRINTS], stable=True, direction='ASCENDING')
+    return out
+
+  return report
+
+
+def build_gather_computation(client_value_type, accumulator_type, num_groups: int, dim: int,
+                             payload_type) -> tff.Computation:
+  """`gather(client_value@CLIENTS)` -> the G blocks @SERVER: one independent
+  `federated_aggregate` per group over (value, key) of every client."""
+  with_payload = payload_type is not None
+  client_key = build_client_key(client_value_type, num_groups, with_payload)
+  key_type = client_key.type_signature.result
+  item_type = tff.StructWithPythonType([client_value_type, key_type], tuple)
+  accumulate = build_accumulate(accumulator_type, item_type, with_payload)
+  merge = build_merge(accumulator_type)
+  report = build_report(accumulator_type)
+  zeros = [build_zero(g, dim, payload_type) for g in range(num_groups)]
+
+  @tff.federated_computation(tff.FederatedType(client_value_type, tff.CLIENTS))
+  def gather(client_value):
+    items = tff.federated_zip((client_value, tff.federated_map(client_key, client_value)))
+    blocks = [tff.federated_aggregate(items, zeros[g](), accumulate, merge, report)
+              for g in range(num_groups)]
+    return tff.federated_zip(blocks)
+
+  return gather
 
 
 def build_grouped_gather(client_value_type, num_groups: int,
