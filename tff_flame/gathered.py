@@ -67,19 +67,27 @@ def _concat_payload(blocks):
 class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, abc.ABC):
   """Gathers all client updates at the server as G row blocks and calls `server_step`."""
 
-  def __init__(self, max_clients: int = 1000, num_groups: Optional[int] = None):
+  def __init__(self, max_clients: int = 1000, num_groups: Optional[int] = None,
+               stacks_per_group: Optional[int] = None):
     """Args:
       max_clients: most clients per round; a round with more fails.
-      num_groups: G, the gather's groups; None =
-        `grouped_gather.num_groups_for(max_clients)`.
+      num_groups: G, the gather's aggregates; None =
+        `grouped_gather.gather_layout(max_clients)`.
+      stacks_per_group: K, row stacks per aggregate; None = the layout's K when
+        num_groups is None, else ceil(2 max_clients / G).
     """
     if not isinstance(max_clients, int) or max_clients < 1:
       raise ValueError(f'max_clients must be a positive int, got {max_clients!r}.')
-    if num_groups is not None and (not isinstance(num_groups, int) or num_groups < 1):
-      raise ValueError(f'num_groups must be None or a positive int, got {num_groups!r}.')
+    for name, v in (('num_groups', num_groups), ('stacks_per_group', stacks_per_group)):
+      if v is not None and (not isinstance(v, int) or v < 1):
+        raise ValueError(f'{name} must be None or a positive int, got {v!r}.')
     self._max_clients = max_clients
-    self._num_groups = (grouped_gather.num_groups_for(max_clients) if num_groups is None
-                        else num_groups)
+    layout_groups, layout_stacks = grouped_gather.gather_layout(max_clients)
+    self._num_groups = layout_groups if num_groups is None else num_groups
+    if stacks_per_group is None:
+      stacks_per_group = (layout_stacks if num_groups is None else
+                          -(-2 * max_clients // num_groups))
+    self._stacks_per_group = stacks_per_group
 
   @property
   def max_clients(self) -> int:
@@ -88,6 +96,10 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
   @property
   def num_groups(self) -> int:
     return self._num_groups
+
+  @property
+  def stacks_per_group(self) -> int:
+    return self._stacks_per_group
 
   @property
   def requires_global_model(self) -> bool:
@@ -136,7 +148,8 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     client_type = (tff.StructWithPythonType([value_type, payload_type], tuple)
                    if with_payload else value_type)
     gather = grouped_gather.build_grouped_gather(client_type, self._num_groups,
-                                                 with_payload=with_payload)
+                                                 with_payload=with_payload,
+                                                 stacks_per_group=self._stacks_per_group)
     max_clients = self._max_clients
 
     @tff.tensorflow.computation

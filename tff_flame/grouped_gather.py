@@ -67,27 +67,29 @@ FINGERPRINTS = 'fingerprints'
 PAYLOAD = 'payload'
 ORDER = 'order'
 _GROUP = 'group'
+_STACK = 'stack'
 
 
-def num_groups_for(max_clients: int, rows_per_group: int = 4, max_groups: int = 32) -> int:
-  """G = min(ceil(max_clients / rows_per_group), max_groups).
+def gather_layout(max_clients: int, stacks_per_client: int = 2,
+                  max_stacks_per_group: int = 128) -> tuple:
+  """(G, K): G aggregates of K row stacks each, about `stacks_per_client` stacks per client.
 
-  Clients fall into groups by fingerprint, like balls into G bins: a group
-  holds Poisson(n / G) clients, and the largest of G groups rarely more than
-  n / G + 3 sqrt(n / G) (about 10 for 4 per group). Aggregate g holds about
-  n * m_g / 2 rows (see the module doc), so the gather's peak is about
-  n * 5 * d floats, linear in n, instead of n^2 / 2 * d floats. A larger G
-  lowers memory (down to the floor of a few n * d floats) but costs n
-  accumulate calls per group, and the first call loads G small TF
-  computations: `max_groups` caps that for a large `max_clients` (past
-  max_groups * rows_per_group clients the groups grow to n / max_groups).
-  Examples: 10 -> 3, 40 -> 10, 100 -> 25, 1000 -> 32.
+  A client's stack is chosen by its fingerprint, so a stack holds Poisson(n / (G K))
+  rows. Appending to a stack of m rows makes a new (m + 1)-row buffer and TFF keeps
+  the old one until the aggregate ends, so a stack that ends with m rows leaves
+  m (m - 1) / 2 rows of garbage: with lambda = 1 / stacks_per_client clients per stack,
+  lambda^2 / 2 rows per stack, n * lambda / 2 rows in all (n / 4 for the default 2).
+  Each of the G aggregates visits every client (n * G accumulate calls, each
+  evaluating K conds), so K is capped by `max_stacks_per_group` and G grows only
+  past that. Examples: 10 -> (1, 20), 100 -> (2, 100), 500 -> (8, 125), 1000 -> (16, 125).
   """
-  for name, v in (('max_clients', max_clients), ('rows_per_group', rows_per_group),
-                  ('max_groups', max_groups)):
+  for name, v in (('max_clients', max_clients), ('stacks_per_client', stacks_per_client),
+                  ('max_stacks_per_group', max_stacks_per_group)):
     if not isinstance(v, int) or v < 1:
       raise ValueError(f'{name} must be a positive int, got {v!r}.')
-  return max(1, min(max_groups, math.ceil(max_clients / rows_per_group)))
+  stacks = max_clients * stacks_per_client
+  num_groups = math.ceil(stacks / max_stacks_per_group)
+  return num_groups, math.ceil(stacks / num_groups)
 
 
 def leaf_types(value_type) -> list:
@@ -149,6 +151,12 @@ def group_of(fingerprints: tf.Tensor, num_groups: int) -> tf.Tensor:
   return tf.cast(tf.math.floormod(fingerprints, tf.constant(num_groups, tf.int64)), tf.int32)
 
 
+def stack_of(fingerprints: tf.Tensor, num_groups: int, stacks: int) -> tf.Tensor:
+  """int32 stack in [0, stacks) within the group: (fingerprint div G) mod K."""
+  quotient = tf.math.floordiv(fingerprints, tf.constant(num_groups, tf.int64))
+  return tf.cast(tf.math.floormod(quotient, tf.constant(stacks, tf.int64)), tf.int32)
+
+
 def _add_leading_dim(type_spec):
   """The type with an unknown leading dimension on every tensor leaf."""
   if isinstance(type_spec, tff.TensorType):
@@ -168,162 +176,235 @@ def _empty_like(type_spec):
 
 
 class GroupedGather:
-  """`gather(client_value@CLIENTS)` -> G group blocks @SERVER; see the module doc.
+  """`gather(client_value@CLIENTS)` -> G * K row blocks @SERVER; see the module doc.
 
   Call the object inside a `tff.federated_computation` (or call it directly
   with a list of client values, as any TFF computation). The result is a
-  server-placed list of G OrderedDicts, one per group g = 0..G-1:
+  server-placed list of G lists (one per aggregate g = 0..G-1) of K
+  OrderedDicts (one per stack k = 0..K-1); `blocks_of` flattens it to the G * K
+  blocks in order (g, k). Block (g, k) holds the clients whose fingerprint f has
+  f mod G = g and (f div G) mod K = k:
 
-    rows:         float32 [m_g, d], the flattened client values of group g,
-                  in arrival order;
-    fingerprints: int64 [m_g], the rows' fingerprints, aligned with rows;
+    rows:         float32 [m, d], the flattened client values, in arrival order;
+    fingerprints: int64 [m], the rows' fingerprints, aligned with rows;
     payload:      (only with a payload) the payload structure, leaves
-                  [m_g, ...], aligned with rows;
-    order:        int32 [m_g], the canonical order: rows[order] are sorted
+                  [m, ...], aligned with rows;
+    order:        int32 [m], the canonical order: rows[order] are sorted
                   by fingerprint (see `sorted_block`).
 
-  sum_g m_g = n, and the rows are the clients' values exactly (float leaves
+  The blocks hold n rows in all, the clients' values exactly (float leaves
   cast to float32, as `gathered_factory` does), NaN and Inf included.
 
   Attributes:
-    num_groups: G.
+    num_groups: G, the aggregates.
+    stacks_per_group: K, the row stacks of one aggregate.
     dim: d, the number of floats in one value.
     specs: (shape, dtype) of each leaf of the value, to unflatten a row.
-    block_type: the TFF type of one group's block.
-    result_type: the TFF type of the result's member (a list of G blocks).
+    block_type: the TFF type of one block.
+    result_type: the TFF type of the result's member (G lists of K blocks).
     computation: the `tff.federated_computation` itself.
   """
 
-  def __init__(self, client_value_type, num_groups: int, with_payload: bool = False):
-    if not isinstance(num_groups, int) or num_groups < 1:
-      raise ValueError(f'num_groups must be a positive int, got {num_groups!r}.')
+  def __init__(self, client_value_type, num_groups: int, with_payload: bool = False,
+               stacks_per_group: int = 1):
+    for name, v in (('num_groups', num_groups), ('stacks_per_group', stacks_per_group)):
+      if not isinstance(v, int) or v < 1:
+        raise ValueError(f'{name} must be a positive int, got {v!r}.')
     client_value_type = tff.to_type(client_value_type)
-    if with_payload:
-      if not (isinstance(client_value_type, tff.StructType) and len(client_value_type) == 2):
-        raise TypeError('with_payload=True needs client values (value, payload), got '
-                        f'{client_value_type!r}.')
-      value_type, payload_type = client_value_type[0], client_value_type[1]
-      if not (isinstance(payload_type, tff.TensorType) or
-              tff.types.is_structure_of_tensors(payload_type)):
-        raise TypeError(f'the payload must be a structure of tensors, got {payload_type!r}.')
-      for leaf in leaf_types(payload_type):
-        if not tf.TensorShape(leaf.shape).is_fully_defined():
-          raise TypeError(f'payload leaves must have fully defined shapes, got {leaf!r}.')
-    else:
-      value_type, payload_type = client_value_type, None
+    value_type, payload_type = _split_payload_type(client_value_type, with_payload)
     self.num_groups = num_groups
+    self.stacks_per_group = stacks_per_group
     self.specs = check_value_type(value_type)
     self.dim = int(sum(int(np.prod(shape)) for shape, _ in self.specs))
     self.with_payload = with_payload
-    dim = self.dim
-
-    key_type = tff.StructWithPythonType([(FINGERPRINTS, tff.TensorType(np.int64)),
-                                         (_GROUP, tff.TensorType(np.int32))],
-                                        collections.OrderedDict)
-    item_type = tff.StructWithPythonType([client_value_type, key_type], tuple)
-    block_fields = [(ROWS, tff.TensorType(np.float32, [None, dim])),
-                    (FINGERPRINTS, tff.TensorType(np.int64, [None]))]
-    if with_payload:
-      block_fields.append((PAYLOAD, _add_leading_dim(payload_type)))
-    block_type = tff.StructWithPythonType(
-        block_fields + [(ORDER, tff.TensorType(np.int32, [None]))], collections.OrderedDict)
-    accumulator_type = tff.StructWithPythonType(
-        block_fields + [(_GROUP, tff.TensorType(np.int32))], collections.OrderedDict)
-    self.block_type = block_type
-    self.result_type = tff.StructWithPythonType([block_type] * num_groups, list)
-
-    @tff.tensorflow.computation(client_value_type)
-    def client_key(client_value):
-      # Only the (small) key is computed here: the client's value reaches the
-      # aggregates through a federated_zip, by reference, not as a TF output
-      # (each TF output is a new buffer in TFF's runtime).
-      if with_payload:
-        value, payload = client_value[0], client_value[1]
-      else:
-        value, payload = client_value, None
-      fp = fingerprint(flatten_value(value), payload)
-      return collections.OrderedDict([(FINGERPRINTS, fp), (_GROUP, group_of(fp, num_groups))])
-
-    def empty_accumulator(group):
-      acc = collections.OrderedDict([(ROWS, tf.zeros([0, dim], tf.float32)),
-                                     (FINGERPRINTS, tf.zeros([0], tf.int64))])
-      if with_payload:
-        acc[PAYLOAD] = _empty_like(payload_type)
-      acc[_GROUP] = tf.constant(group, tf.int32)
-      return acc
-
-    def zero_for(group):
-      @tff.tensorflow.computation
-      def zero():
-        return empty_accumulator(group)
-      return zero
-
-    def append(acc, item):
-      client_value, key = item
-      value = client_value[0] if with_payload else client_value
-      out = collections.OrderedDict([
-          (ROWS, tf.concat([acc[ROWS], flatten_value(value)[tf.newaxis]], axis=0)),
-          (FINGERPRINTS, tf.concat([acc[FINGERPRINTS], key[FINGERPRINTS][tf.newaxis]], 0))])
-      if with_payload:
-        out[PAYLOAD] = tf.nest.map_structure(
-            lambda a, b: tf.concat([a, tf.convert_to_tensor(b)[tf.newaxis]], axis=0),
-            acc[PAYLOAD], client_value[1])
-      out[_GROUP] = acc[_GROUP]
-      return out
-
-    @tff.tensorflow.computation(accumulator_type, item_type)
-    def accumulate(acc, item):
-      return tf.cond(tf.equal(item[1][_GROUP], acc[_GROUP]), lambda: append(acc, item),
-                     lambda: acc)
-
-    @tff.tensorflow.computation(accumulator_type, accumulator_type)
-    def merge(a, b):
-      out = tf.nest.map_structure(lambda x, y: tf.concat([x, y], axis=0),
-                                  {k: a[k] for k in a if k != _GROUP},
-                                  {k: b[k] for k in b if k != _GROUP})
-      return collections.OrderedDict(
-          [(k, out[k]) for k in a if k != _GROUP] + [(_GROUP, a[_GROUP])])
-
-    @tff.tensorflow.computation(accumulator_type)
-    def report(acc):
-      # No row is moved here (a copy of every row would stay alive until the
-      # computation ends): consumers read rows through `order`.
-      out = collections.OrderedDict((k, acc[k]) for k in acc if k != _GROUP)
-      out[ORDER] = tf.argsort(acc[FINGERPRINTS], stable=True, direction='ASCENDING')
-      return out
-
-    zeros = [zero_for(g) for g in range(num_groups)]
-
-    @tff.federated_computation(tff.FederatedType(client_value_type, tff.CLIENTS))
-    def gather(client_value):
-      items = tff.federated_zip((client_value, tff.federated_map(client_key, client_value)))
-      blocks = [tff.federated_aggregate(items, zeros[g](), accumulate, merge, report)
-                for g in range(num_groups)]
-      return tff.federated_zip(blocks)
-
-    self.computation = gather
+    types = _GatherTypes(client_value_type, payload_type, self.dim, stacks_per_group)
+    self.block_type = types.block
+    self.result_type = tff.StructWithPythonType(
+        [tff.StructWithPythonType([types.block] * stacks_per_group, list)] * num_groups, list)
+    self.computation = _gather_computation(client_value_type, types, num_groups,
+                                           stacks_per_group, with_payload)
 
   def __call__(self, client_value):
     return self.computation(client_value)
 
 
-def build_grouped_gather(client_value_type, num_groups: int,
-                         with_payload: bool = False) -> GroupedGather:
-  """A `GroupedGather` of client values of `client_value_type` into `num_groups` groups.
+def _split_payload_type(client_value_type, with_payload: bool) -> tuple:
+  """(value type, payload type or None), checking the payload's leaves."""
+  if not with_payload:
+    return client_value_type, None
+  if not (isinstance(client_value_type, tff.StructType) and len(client_value_type) == 2):
+    raise TypeError('with_payload=True needs client values (value, payload), got '
+                    f'{client_value_type!r}.')
+  value_type, payload_type = client_value_type[0], client_value_type[1]
+  if not (isinstance(payload_type, tff.TensorType) or
+          tff.types.is_structure_of_tensors(payload_type)):
+    raise TypeError(f'the payload must be a structure of tensors, got {payload_type!r}.')
+  for leaf in leaf_types(payload_type):
+    if not tf.TensorShape(leaf.shape).is_fully_defined():
+      raise TypeError(f'payload leaves must have fully defined shapes, got {leaf!r}.')
+  return value_type, payload_type
+
+
+class _GatherTypes:
+  """The TFF types of the gather's key, item, accumulator and block."""
+
+  def __init__(self, client_value_type, payload_type, dim: int, stacks: int):
+    self.payload = payload_type
+    self.key = tff.StructWithPythonType([(FINGERPRINTS, tff.TensorType(np.int64)),
+                                         (_GROUP, tff.TensorType(np.int32)),
+                                         (_STACK, tff.TensorType(np.int32))],
+                                        collections.OrderedDict)
+    self.item = tff.StructWithPythonType([client_value_type, self.key], tuple)
+    rows = tff.TensorType(np.float32, [None, dim])
+    small = [(FINGERPRINTS, tff.TensorType(np.int64, [None]))]
+    if payload_type is not None:
+      small.append((PAYLOAD, _add_leading_dim(payload_type)))
+    self.block = tff.StructWithPythonType(
+        [(ROWS, rows)] + small + [(ORDER, tff.TensorType(np.int32, [None]))],
+        collections.OrderedDict)
+    # Arrival-ordered fingerprints, payloads and stack numbers for all K stacks;
+    # the rows in K separate stacks, so that an append copies one stack only.
+    self.accumulator = tff.StructWithPythonType(
+        [(ROWS, tff.StructWithPythonType([rows] * stacks, list))] + small +
+        [(_STACK, tff.TensorType(np.int32, [None])), (_GROUP, tff.TensorType(np.int32))],
+        collections.OrderedDict)
+
+
+def _empty_accumulator(types: _GatherTypes, group: int, dim: int, stacks: int):
+  acc = collections.OrderedDict([(ROWS, [tf.zeros([0, dim], tf.float32)] * stacks),
+                                 (FINGERPRINTS, tf.zeros([0], tf.int64))])
+  if types.payload is not None:
+    acc[PAYLOAD] = _empty_like(types.payload)
+  acc[_STACK] = tf.zeros([0], tf.int32)
+  acc[_GROUP] = tf.constant(group, tf.int32)
+  return acc
+
+
+def _append_row(stack: tf.Tensor, value) -> tf.Tensor:
+  """The stack with the value's row appended; an empty stack becomes the row itself
+  (a reshape, no second copy)."""
+  row = flatten_value(value)[tf.newaxis]
+  return tf.cond(tf.equal(tf.shape(stack)[0], 0), lambda: row,
+                 lambda: tf.concat([stack, row], axis=0))
+
+
+def _append_small(acc, item, with_payload: bool):
+  """Fingerprint, payload and stack number of the item appended (arrival order)."""
+  client_value, key = item
+  out = collections.OrderedDict(
+      [(FINGERPRINTS, tf.concat([acc[FINGERPRINTS], key[FINGERPRINTS][tf.newaxis]], 0))])
+  if with_payload:
+    out[PAYLOAD] = tf.nest.map_structure(
+        lambda a, b: tf.concat([a, tf.convert_to_tensor(b)[tf.newaxis]], axis=0),
+        acc[PAYLOAD], client_value[1])
+  out[_STACK] = tf.concat([acc[_STACK], key[_STACK][tf.newaxis]], 0)
+  return out
+
+
+def _accumulate(acc, item, with_payload: bool):
+  """A client of this aggregate's group appends to its stack; others pass everything on."""
+  client_value, key = item
+  value = client_value[0] if with_payload else client_value
+  mine = tf.equal(key[_GROUP], acc[_GROUP])
+  rows = [tf.cond(tf.logical_and(mine, tf.equal(key[_STACK], k)),
+                  lambda s=stack: _append_row(s, value), lambda s=stack: s)
+          for k, stack in enumerate(acc[ROWS])]
+  small_keys = [k for k in acc if k not in (ROWS, _GROUP)]
+  small = tf.cond(mine, lambda: _append_small(acc, item, with_payload),
+                  lambda: collections.OrderedDict((k, acc[k]) for k in small_keys))
+  return collections.OrderedDict([(ROWS, rows)] + [(k, small[k]) for k in small_keys] +
+                                 [(_GROUP, acc[_GROUP])])
+
+
+def _merge(a, b):
+  """Two partial accumulators of one group (stack by stack, arrival lists concatenated)."""
+  rows = [tf.concat([x, y], axis=0) for x, y in zip(a[ROWS], b[ROWS])]
+  rest = tf.nest.map_structure(lambda x, y: tf.concat([x, y], axis=0),
+                               {k: a[k] for k in a if k not in (ROWS, _GROUP)},
+                               {k: b[k] for k in b if k not in (ROWS, _GROUP)})
+  return collections.OrderedDict([(ROWS, rows)] +
+                                 [(k, rest[k]) for k in a if k not in (ROWS, _GROUP)] +
+                                 [(_GROUP, a[_GROUP])])
+
+
+def _report(acc, with_payload: bool) -> list:
+  """The K blocks: each stack's rows as they are (no row moves: TFF would keep both
+  copies), its fingerprints and payloads, and `order`, which sorts them by fingerprint."""
+  blocks = []
+  for k, rows in enumerate(acc[ROWS]):
+    in_stack = tf.equal(acc[_STACK], k)
+    fps = tf.boolean_mask(acc[FINGERPRINTS], in_stack)
+    block = collections.OrderedDict([(ROWS, rows), (FINGERPRINTS, fps)])
+    if with_payload:
+      block[PAYLOAD] = tf.nest.map_structure(lambda x, m=in_stack: tf.boolean_mask(x, m),
+                                             acc[PAYLOAD])
+    block[ORDER] = tf.argsort(fps, stable=True, direction='ASCENDING')
+    blocks.append(block)
+  return blocks
+
+
+def _gather_computation(client_value_type, types: _GatherTypes, num_groups: int,
+                        stacks: int, with_payload: bool):
+  """The federated computation: a key per client, then G independent aggregates."""
+  dim = types.block[ROWS].shape[1]
+
+  @tff.tensorflow.computation(client_value_type)
+  def client_key(client_value):
+    # Only the (small) key is computed here: the client's value reaches the
+    # aggregates through a federated_zip, by reference, not as a TF output
+    # (each TF output is a new buffer in TFF's runtime).
+    value, payload = (client_value[0], client_value[1]) if with_payload else (client_value,
+                                                                               None)
+    fp = fingerprint(flatten_value(value), payload)
+    return collections.OrderedDict([(FINGERPRINTS, fp), (_GROUP, group_of(fp, num_groups)),
+                                    (_STACK, stack_of(fp, num_groups, stacks))])
+
+  def zero_for(group):
+    @tff.tensorflow.computation
+    def zero():
+      return _empty_accumulator(types, group, dim, stacks)
+    return zero
+
+  @tff.tensorflow.computation(types.accumulator, types.item)
+  def accumulate(acc, item):
+    return _accumulate(acc, item, with_payload)
+
+  @tff.tensorflow.computation(types.accumulator, types.accumulator)
+  def merge(a, b):
+    return _merge(a, b)
+
+  @tff.tensorflow.computation(types.accumulator)
+  def report(acc):
+    return _report(acc, with_payload)
+
+  zeros = [zero_for(g) for g in range(num_groups)]
+
+  @tff.federated_computation(tff.FederatedType(client_value_type, tff.CLIENTS))
+  def gather(client_value):
+    items = tff.federated_zip((client_value, tff.federated_map(client_key, client_value)))
+    blocks = [tff.federated_aggregate(items, zeros[g](), accumulate, merge, report)
+              for g in range(num_groups)]
+    return tff.federated_zip(blocks)
+  return gather
+
+
+def build_grouped_gather(client_value_type, num_groups: int, with_payload: bool = False,
+                         stacks_per_group: int = 1) -> GroupedGather:
+  """A `GroupedGather` of client values of `client_value_type`: G aggregates of K stacks.
 
   `client_value_type` is the (unplaced) type of one client's value: a
   structure of fully defined float tensors, or with `with_payload=True` a
   2-tuple `(value, payload)` whose payload is any structure of fully defined
-  tensors. Pick `num_groups` with `num_groups_for(max_clients)`.
+  tensors. Pick (G, K) with `gather_layout(max_clients)`.
   """
-  return GroupedGather(client_value_type, num_groups, with_payload)
+  return GroupedGather(client_value_type, num_groups, with_payload, stacks_per_group)
 
 
 def blocks_of(result) -> list:
-  """The result of a `GroupedGather` as a Python list of OrderedDicts (in TF or NumPy)."""
+  """The result of a `GroupedGather` as a flat Python list of OrderedDicts, in order (g, k)."""
   if isinstance(result, tff.structure.Struct):
     result = tff.structure.to_odict_or_tuple(result, recursive=True)
-  return list(result)
+  return [block for group in result for block in group]
 
 
 def sorted_block(block) -> collections.OrderedDict:
