@@ -2,6 +2,7 @@
 
   python -m benchmarks.flame_overhead [--clients=10,30,50,100,200] [--repeats=2]
       [--output_json=PATH] [--dim=D] [--hardened] [--num_groups=G --stacks_per_group=K]
+      [--local_services=k] [--only=flame,flame_model]
 
 For each n, three variants run, each in a FRESH TFF worker of its own
 (`tff_flame.tff_worker.local_worker()`): a plain mean
@@ -54,6 +55,10 @@ _STACKS = flags.DEFINE_integer('stacks_per_group', None,
                                "FLAME's row stacks K per aggregate (default: gather_layout(n)).")
 _HARDENED = flags.DEFINE_bool('hardened', False,
                               'Also time the hardened FLAME (model space) at every n.')
+_SERVICES = flags.DEFINE_integer('local_services', 1, 'Split each round over this many local '
+                                 'TFF workers (the mergeable context; each folds its share of '
+                                 'the clients); peak_mb is then the largest worker\'s.',
+                                 lower_bound=1)
 _ONLY = flags.DEFINE_list('only', [], 'Time only these of flame, flame_model (mean always runs; '
                           'the table then shows nan for the others), e.g. to compare layouts.')
 _DIM = flags.DEFINE_integer('dim', None, 'Time updates of this many floats (one tensor) instead '
@@ -111,7 +116,7 @@ def build_next(variant, value_type, n, global_model):
 
 def run_variant(variant, value_type, values, global_model, repeats):
   """(first-call s, median next s, worker peak MB after the first call), in a fresh worker."""
-  with tff_worker.local_worker():
+  with tff_worker.local_worker(num_local=_SERVICES.value):
     run = build_next(variant, value_type, len(values), global_model)
     first_s = measure.seconds(lambda: run(values))
     peak_mb = measure.worker_peak_mb()
@@ -144,7 +149,7 @@ def main(argv):
     factory = flame.FlameFactory(max_clients=n, num_groups=_NUM_GROUPS.value,
                                  stacks_per_group=_STACKS.value)
     row = dict(n=n, num_groups=factory.num_groups, num_stacks=factory.stacks_per_group,
-               dim=num_params)
+               dim=num_params, local_services=_SERVICES.value)
     for v in variants:
       row[f'{v}_first_s'], row[f'{v}_next_s'], row[f'{v}_peak_mb'] = out[v]
     for v in variants[1:]:

@@ -74,7 +74,7 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
       num_groups: G, the gather's aggregates; None =
         `grouped_gather.gather_layout(max_clients)`.
       stacks_per_group: K, row stacks per aggregate; None = the layout's K when
-        num_groups is None, else ceil(2 max_clients / G).
+        num_groups is None, else ceil(max_clients / (4 G)).
     """
     if not isinstance(max_clients, int) or max_clients < 1:
       raise ValueError(f'max_clients must be a positive int, got {max_clients!r}.')
@@ -86,7 +86,7 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     self._num_groups = layout_groups if num_groups is None else num_groups
     if stacks_per_group is None:
       stacks_per_group = (layout_stacks if num_groups is None else
-                          -(-2 * max_clients // num_groups))
+                          -(-max_clients // (4 * num_groups)))
     self._stacks_per_group = stacks_per_group
 
   @property

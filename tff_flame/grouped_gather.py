@@ -70,26 +70,23 @@ _GROUP = 'group'
 _STACK = 'stack'
 
 
-def gather_layout(max_clients: int, stacks_per_client: int = 2,
-                  max_stacks_per_group: int = 128) -> tuple:
-  """(G, K): G aggregates of K row stacks each, about `stacks_per_client` stacks per client.
+def gather_layout(max_clients: int, rows_per_stack: int = 4, max_groups: int = 32) -> tuple:
+  """(G, K): G aggregates of K row stacks each, about `rows_per_stack` clients per stack.
 
-  A client's stack is chosen by its fingerprint, so a stack holds Poisson(n / (G K))
-  rows. Appending to a stack of m rows makes a new (m + 1)-row buffer and TFF keeps
-  the old one until the aggregate ends, so a stack that ends with m rows leaves
-  m (m - 1) / 2 rows of garbage: with lambda = 1 / stacks_per_client clients per stack,
-  lambda^2 / 2 rows per stack, n * lambda / 2 rows in all (n / 4 for the default 2).
-  Each of the G aggregates visits every client (n * G accumulate calls, each
-  evaluating K conds), so K is capped by `max_stacks_per_group` and G grows only
-  past that. Examples: 10 -> (1, 20), 100 -> (2, 100), 500 -> (8, 125), 1000 -> (16, 125).
+  G = min(ceil(max_clients / rows_per_stack), max_groups), K = ceil(max_clients /
+  (rows_per_stack * G)): up to 128 clients, one stack per aggregate (K = 1); past
+  that G stays at `max_groups` (each aggregate visits every client, n * G
+  accumulate calls) and the stacks multiply instead. Why small stacks: an append
+  to a stack of m rows makes a new (m + 1)-row buffer, and TFF keeps the old one
+  until the aggregate ends. Examples: 10 -> (3, 1), 100 -> (25, 1), 500 -> (32, 4),
+  1000 -> (32, 8).
   """
-  for name, v in (('max_clients', max_clients), ('stacks_per_client', stacks_per_client),
-                  ('max_stacks_per_group', max_stacks_per_group)):
+  for name, v in (('max_clients', max_clients), ('rows_per_stack', rows_per_stack),
+                  ('max_groups', max_groups)):
     if not isinstance(v, int) or v < 1:
       raise ValueError(f'{name} must be a positive int, got {v!r}.')
-  stacks = max_clients * stacks_per_client
-  num_groups = math.ceil(stacks / max_stacks_per_group)
-  return num_groups, math.ceil(stacks / num_groups)
+  num_groups = min(math.ceil(max_clients / rows_per_stack), max_groups)
+  return num_groups, math.ceil(max_clients / (rows_per_stack * num_groups))
 
 
 def leaf_types(value_type) -> list:

@@ -189,11 +189,12 @@ def test_composes_in_a_federated_computation_with_blockwise_ops():
 
 
 def test_gather_layout():
-  assert grouped_gather.gather_layout(1) == (1, 2)
-  assert grouped_gather.gather_layout(10) == (1, 20)
-  assert grouped_gather.gather_layout(100) == (2, 100)
-  assert grouped_gather.gather_layout(1000) == (16, 125)
-  assert grouped_gather.gather_layout(10, stacks_per_client=1, max_stacks_per_group=4) == (3, 4)
+  assert grouped_gather.gather_layout(1) == (1, 1)
+  assert grouped_gather.gather_layout(10) == (3, 1)
+  assert grouped_gather.gather_layout(100) == (25, 1)
+  assert grouped_gather.gather_layout(500) == (32, 4)
+  assert grouped_gather.gather_layout(1000) == (32, 8)
+  assert grouped_gather.gather_layout(10, rows_per_stack=2, max_groups=2) == (2, 3)
   with pytest.raises(ValueError):
     grouped_gather.gather_layout(0)
 
