@@ -5,7 +5,7 @@ FLAME and the robust baselines look at all client updates together
 values at the server, exactly and in bounded memory, and call `server_step`,
 a pure TF function each defense implements.
 
-The gather (`tff_flame.grouped_gather`) delivers the n updates as G row
+The gather (`tff_flame.grouped_gather`) delivers the n updates as G * K row
 blocks [m_g, d] (sum_g m_g = n), never as one [n, d] matrix built by a single
 concatenating `federated_aggregate`: TFF's C++ runtime keeps every
 intermediate accumulator of an aggregate alive until it ends, so one
@@ -18,8 +18,8 @@ never on the order TFF visits clients in. `server_step` works block by block
 most two blocks at a time; a coordinate-wise defense may concatenate the
 rows once.
 
-G is `grouped_gather.num_groups_for(max_clients)` (see there): groups of about 4 clients
-while max_clients <= 128, at most 32 groups.
+(G, K) is `grouped_gather.gather_layout(max_clients)` (see there): G aggregates of K
+row stacks, about 4 clients per stack; K = 1 while max_clients <= 128, G at most 32.
 
 Two optional inputs ride along without changing that job:
 
@@ -65,7 +65,7 @@ def _concat_payload(blocks):
 
 
 class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, abc.ABC):
-  """Gathers all client updates at the server as G row blocks and calls `server_step`."""
+  """Gathers all client updates at the server as G * K row blocks and calls `server_step`."""
 
   def __init__(self, max_clients: int = 1000, num_groups: Optional[int] = None,
                stacks_per_group: Optional[int] = None):
@@ -114,7 +114,7 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
   def server_step(self, state, blocks: list, global_model: Optional[tf.Tensor]):
     """Returns (new_state, aggregate [d], measurements) for the gathered updates.
 
-    `blocks` is a list of G gathered blocks, OrderedDict(rows=float32
+    `blocks` is a list of G * K gathered blocks, OrderedDict(rows=float32
     [m_g, d], order=int32 [m_g]) (some may be empty): block g's rows in
     canonical order are rows[order]. Row i of the updates is row i of the
     blocks read that way, taken in order, and per-row measurements must use

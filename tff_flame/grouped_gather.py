@@ -5,8 +5,8 @@ intermediate accumulator until it finishes. A gather that concatenates n
 client rows of d floats in ONE aggregate therefore holds stacks of 1, 2, ...,
 n rows at once: about n^2 / 2 * d floats (44 GB at n = 100, d = 1.66 M).
 Memory is released between separate aggregates of one computation, so this
-module splits the gather into G independent aggregates that each concatenate
-only the clients of one group.
+module splits the gather into G independent aggregates, each collecting the
+clients of one group into K separate row stacks.
 
 How a client finds its group ALONE (no server round trip, so the computation
 keeps independent aggregations and stays splittable by TFF's mergeable
@@ -18,35 +18,37 @@ execution context):
      of the row's bytes, combined with the fingerprints of the row-aligned
      payload's leaves if there is a payload. The 64-bit fingerprint, as int64,
      gives the group g = fingerprint mod G.
-  2. G `tff.federated_aggregate`s. Aggregate g starts from a zero that carries
-     g, and its (shared) `accumulate` appends the client's flattened row,
-     fingerprint and payload when the client's group is g, else returns the
-     accumulator unchanged (a client outside the group adds nothing).
-  3. `report` adds `order`, the permutation that sorts the group's rows by
-     fingerprint, without moving any row (TFF's runtime would keep both
-     copies until the computation ends). Read block g's rows in the order
-     rows[order] (`sorted_block`, or `blockwise_ops`, which applies `order`
-     one block at a time). Groups come in the order g = 0..G-1, so the rows
-     read that way are in a canonical order, (group, fingerprint), that
-     depends only on the multiset of client values: results do not depend on
-     the order TFF visits clients in. Rows with the same fingerprint are (up
-     to a 2^-64 collision) byte-identical values with identical payloads, so
-     their relative order does not matter.
+  2. G `tff.federated_aggregate`s, each with K row stacks. Aggregate g starts
+     from a zero that carries g, and its (shared) `accumulate` appends the
+     client's flattened row to stack k = (fingerprint div G) mod K (and its
+     fingerprint, payload and k to short arrival-ordered lists) when the
+     client's group is g; otherwise everything passes on unchanged.
+  3. `report` returns the K stacks as K blocks, each with `order`, the
+     permutation that sorts its rows by fingerprint, without moving any row
+     (TFF's runtime would keep both copies until the computation ends). Read
+     a block's rows in the order rows[order] (`sorted_block`, or
+     `blockwise_ops`, which applies `order` one block at a time). Blocks come
+     in the order (g, k), so the rows read that way are in a canonical order,
+     (group, stack, fingerprint), that depends only on the multiset of client
+     values: results do not depend on the order TFF visits clients in, nor on
+     how TFF's mergeable context splits them. Rows with the same fingerprint
+     are (up to a 2^-64 collision) byte-identical values with identical
+     payloads, so their relative order does not matter.
 
-Memory (measured with benchmarks/grouped_gather_memory.py): the runtime
-gives every `accumulate` result a new buffer, also when a client outside the
-group passes the accumulator through unchanged, and keeps them all until the
-aggregate ends. Aggregate g therefore holds about n * m_g / 2 rows (the
-accumulator grows from 0 to m_g rows over the n client visits), and the
-aggregates run one after another, so the gather's peak is about
-
-  n * max_g(m_g) / 2 * d floats  (vs n^2 / 2 * d for one concatenating gather)
-
-on top of a floor of a few n * d floats (the client values, the final
-accumulators, the sorted G blocks). `num_groups_for` picks G = ceil(n / 4) (at most 32):
-groups of 4 clients on average, so that the largest group stays near 10 and
-the peak near 5 n * d floats. The price is time: each of the G aggregates
-visits every client, n * G accumulate calls in all (n^2 / 4).
+Cost in TFF 0.87's runtime (measured with benchmarks/accumulate_cost.py and
+flame_overhead.py; docs/scaling.md):
+  - an accumulate that passes its accumulator on keeps no copy, but costs about
+    0.3 ms plus time in proportion to the accumulator's bytes (one pass, about
+    15 GB/s here). A row stays in its aggregate's accumulator for the rest of
+    the fold, so the fold streams about n^2 / 2 rows whatever G and K are;
+    splitting the clients over k services (TFF's mergeable context) divides it
+    by k;
+  - an append makes a new buffer for the stack and TFF keeps the old one until
+    the aggregate ends: a stack ending with m rows leaves m (m - 1) / 2 rows of
+    garbage, so stacks stay small (`gather_layout`);
+  - at the end of each aggregate TFF serializes the accumulator and rebuilds it
+    at the server, so many small aggregates (one stack each up to 128 clients)
+    hold less at once than one aggregate of many stacks (measured at n = 100).
 
 Payload: a client value may be `(value, payload)` (`with_payload=True`),
 where payload is any small structure of tensors (e.g. an int32 flag saying
