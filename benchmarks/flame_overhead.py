@@ -1,13 +1,15 @@
 """FLAME's cost next to a plain mean, and TF clustering next to the `hdbscan` package.
 
   python -m benchmarks.flame_overhead [--clients=10,30,50,100,200] [--repeats=2]
-      [--output_json=PATH] [--dim=D]
+      [--output_json=PATH] [--dim=D] [--hardened] [--num_groups=G --stacks_per_group=K]
+      [--local_services=k] [--only=flame,flame_model]
 
 For each n, three variants run, each in a FRESH TFF worker of its own
 (`tff_flame.tff_worker.local_worker()`): a plain mean
 (`tff.aggregators.UnweightedMeanFactory`), FLAME in update space and FLAME in
 model space (`create_gathered`, the global model at the server), both with
-`max_clients=n` (so G = `num_groups_for(n)` gather groups). Per variant:
+`max_clients=n` (so (G, K) = `gather_layout(n)`: G aggregates of K row stacks);
+with `--hardened` also the hardened FLAME (`HardenedFlameFactory`, model space). Per variant:
 
   first_s:  the first `next` call (loads the computation into the worker);
   next_s:   the median of `--repeats` further calls (steady state);
@@ -21,7 +23,7 @@ a third of the clients push an opposite direction. Machines here are noisy:
 only ratios from the same run are meaningful. `--output_json` writes a list
 of objects, one per n, with keys n, flame_next_s, mean_next_s, flame_peak_mb,
 mean_peak_mb, flame_model_next_s, flame_model_peak_mb, the first-call times
-and the ratios to mean.
+and the ratios to mean (and num_stacks, K; flame_hardened_* with `--hardened`).
 """
 
 import json
@@ -38,7 +40,7 @@ from benchmarks import measure
 from tff_flame import tff_worker
 from tff_flame import clustering
 from tff_flame import flame
-from tff_flame import grouped_gather
+from tff_flame import hardened
 from tff_flame import stacked_ops
 
 _CLIENTS = flags.DEFINE_list('clients', ['10', '30', '50', '100'], 'Clients per round to time.')
@@ -47,7 +49,17 @@ _CLUSTER_SIZES = flags.DEFINE_list('cluster_sizes', ['10', '50', '100', '200', '
 _REPEATS = flags.DEFINE_integer('repeats', 2, 'Timed calls after the first (median reported).',
                                 lower_bound=1)
 _NUM_GROUPS = flags.DEFINE_integer('num_groups', None,
-                                   "FLAME's gather groups G (default: num_groups_for(n)).")
+                                   "FLAME's gather aggregates G (default: gather_layout(n)).")
+_STACKS = flags.DEFINE_integer('stacks_per_group', None,
+                               "FLAME's row stacks K per aggregate (default: gather_layout(n)).")
+_HARDENED = flags.DEFINE_bool('hardened', False,
+                              'Also time the hardened FLAME (model space) at every n.')
+_SERVICES = flags.DEFINE_integer('local_services', 1, 'Split each round over this many local '
+                                 'TFF workers (the mergeable context; each folds its share of '
+                                 'the clients); peak_mb is then the largest worker\'s.',
+                                 lower_bound=1)
+_ONLY = flags.DEFINE_list('only', [], 'Time only these of flame, flame_model (mean always runs; '
+                          'the table then shows nan for the others), e.g. to compare layouts.')
 _DIM = flags.DEFINE_integer('dim', None, 'Time updates of this many floats (one tensor) instead '
                             "of the EMNIST CNN's 1.66 M (e.g. a smaller model at n = 500).",
                             lower_bound=1)
@@ -89,8 +101,11 @@ def build_next(variant, value_type, n, global_model):
     process = tff.aggregators.UnweightedMeanFactory().create(value_type)
     state = process.initialize()
     return lambda values: process.next(state, values)
-  factory = flame.FlameFactory(max_clients=n, num_groups=_NUM_GROUPS.value,
-                               clustering_space='model' if variant == 'flame_model' else 'update')
+  factory_class = (hardened.HardenedFlameFactory if variant == 'flame_hardened'
+                   else flame.FlameFactory)
+  factory = factory_class(max_clients=n, num_groups=_NUM_GROUPS.value,
+                          stacks_per_group=_STACKS.value,
+                          clustering_space='update' if variant == 'flame' else 'model')
   process = factory.create_gathered(value_type)
   state = process.initialize()
   if factory.requires_global_model:
@@ -100,7 +115,7 @@ def build_next(variant, value_type, n, global_model):
 
 def run_variant(variant, value_type, values, global_model, repeats):
   """(first-call s, median next s, worker peak MB after the first call), in a fresh worker."""
-  with tff_worker.local_worker():
+  with tff_worker.local_worker(num_local=_SERVICES.value):
     run = build_next(variant, value_type, len(values), global_model)
     first_s = measure.seconds(lambda: run(values))
     peak_mb = measure.worker_peak_mb()
@@ -119,27 +134,38 @@ def main(argv):
     (value_type, num_params), what = emnist_cnn_value_type(), 'EMNIST CNN trainable weights'
   print(f'update size: {num_params} floats ({what}); peak = worker '
         'VmHWM after the first call in a fresh worker; next = median of later calls')
-  print(f"{'n':>5} {'G':>3} {'mean s':>8} {'FLAME s':>8} {'ratio':>6} {'model s':>8} {'ratio':>6}"
+  print(f"{'n':>5} {'G':>3} {'K':>4} {'mean s':>8} {'FLAME s':>8} {'ratio':>6} {'model s':>8} {'ratio':>6}"
         f" {'mean MB':>8} {'FLAME MB':>9} {'ratio':>6} {'model MB':>9} {'ratio':>6}")
   for n in [int(c) for c in _CLIENTS.value]:
     values = client_values(value_type, n, rng)
     global_model = client_values(value_type, 1, rng)[0]
-    out = {v: run_variant(v, value_type, values, global_model, _REPEATS.value)
-           for v in VARIANTS}
+    variants = VARIANTS + (('flame_hardened',) if _HARDENED.value else ())
+    skipped = (float('nan'),) * 3
+    out = {v: (run_variant(v, value_type, values, global_model, _REPEATS.value)
+               if v == 'mean' or not _ONLY.value or v in _ONLY.value else skipped)
+           for v in variants}
     del values
-    num_groups = _NUM_GROUPS.value or grouped_gather.num_groups_for(n)
-    row = dict(n=n, num_groups=num_groups, dim=num_params)
-    for v in VARIANTS:
+    factory = flame.FlameFactory(max_clients=n, num_groups=_NUM_GROUPS.value,
+                                 stacks_per_group=_STACKS.value)
+    row = dict(n=n, num_groups=factory.num_groups, num_stacks=factory.stacks_per_group,
+               dim=num_params, local_services=_SERVICES.value)
+    for v in variants:
       row[f'{v}_first_s'], row[f'{v}_next_s'], row[f'{v}_peak_mb'] = out[v]
-    for v in ('flame', 'flame_model'):
+    for v in variants[1:]:
       row[f'{v}_next_ratio'] = row[f'{v}_next_s'] / row['mean_next_s']
       row[f'{v}_peak_ratio'] = row[f'{v}_peak_mb'] / row['mean_peak_mb']
     rows.append(row)
-    print(f"{n:>5} {num_groups:>3} {row['mean_next_s']:>8.2f} {row['flame_next_s']:>8.2f} "
+    print(f"{n:>5} {row['num_groups']:>3} {row['num_stacks']:>4} {row['mean_next_s']:>8.2f} {row['flame_next_s']:>8.2f} "
           f"{row['flame_next_ratio']:>6.2f} {row['flame_model_next_s']:>8.2f} "
           f"{row['flame_model_next_ratio']:>6.2f} {row['mean_peak_mb']:>8.0f} "
           f"{row['flame_peak_mb']:>9.0f} {row['flame_peak_ratio']:>6.2f} "
           f"{row['flame_model_peak_mb']:>9.0f} {row['flame_model_peak_ratio']:>6.2f}", flush=True)
+    if _HARDENED.value:
+      print(f"      hardened (model space): {row['flame_hardened_next_s']:.2f} s "
+            f"({row['flame_hardened_next_ratio']:.2f}x mean, "
+            f"{row['flame_hardened_next_s'] / row['flame_model_next_s']:.2f}x FLAME model), "
+            f"{row['flame_hardened_peak_mb']:.0f} MB ({row['flame_hardened_peak_ratio']:.2f}x)",
+            flush=True)
     if _OUTPUT_JSON.value:  # after every n, so a later failure keeps what was measured
       with open(_OUTPUT_JSON.value, 'w') as f:
         json.dump(rows, f, indent=2)

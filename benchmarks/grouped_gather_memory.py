@@ -11,8 +11,9 @@ rows), so all of them return the same small result:
   mean:      tff.federated_mean (the floor: no gather at all);
   reservoir: TFF's UnweightedReservoirSamplingFactory with sample size n (one
              aggregate that concatenates all n rows; the gathering base before issue 9);
-  grouped:   grouped_gather with G groups (G aggregates, each concatenating the
-             clients of one group).
+  grouped:   grouped_gather with G groups of one stack each (G aggregates, each
+             concatenating the clients of one group);
+  layout:    grouped_gather with `gather_layout(n)`'s G aggregates of K stacks.
 
 Ratios are against the mean, measured in the same run.
 """
@@ -58,12 +59,13 @@ def _reservoir_process(value_type, n):
   return run
 
 
-def _grouped_process(value_type, num_groups):
-  gather = grouped_gather.build_grouped_gather(value_type, num_groups)
+def _grouped_process(value_type, num_groups, stacks=1):
+  gather = grouped_gather.build_grouped_gather(value_type, num_groups, stacks_per_group=stacks)
 
   @tff.tensorflow.computation(gather.result_type)
-  def reduce_rows(blocks):
-    return tf.add_n([tf.reduce_sum(b[grouped_gather.ROWS], axis=0) for b in blocks])
+  def reduce_rows(gathered):
+    return tf.add_n([tf.reduce_sum(b[grouped_gather.ROWS], axis=0)
+                     for b in grouped_gather.blocks_of(gathered)])
 
   @tff.federated_computation(tff.FederatedType(value_type, tff.CLIENTS))
   def run(values):
@@ -89,10 +91,12 @@ def main(argv):
   value_type = tff.TensorType(np.float32, [d])
   variants = [('mean', lambda: _mean_process(value_type)),
               ('reservoir', lambda: _reservoir_process(value_type, n))]
-  for g in sorted({int(x) for x in _GROUPS.value} | {grouped_gather.num_groups_for(n)}):
+  for g in sorted({int(x) for x in _GROUPS.value}):
     variants.append((f'grouped G={g}', lambda g=g: _grouped_process(value_type, g)))
+  layout = grouped_gather.gather_layout(n)
+  variants.append((f'G={layout[0]} K={layout[1]}', lambda: _grouped_process(value_type, *layout)))
   print(f'n = {n} clients, d = {d} floats ({n * d * 4 / 2**20:.0f} MB of updates); '
-        f'num_groups_for(n) = {grouped_gather.num_groups_for(n)}')
+        f'gather_layout(n) = {layout}')
   print(f"{'variant':>14} {'peak MB':>9} {'/ mean':>7} {'above mean MB':>14} {'s / call':>9}")
   base = None
   for name, build in variants:

@@ -33,13 +33,11 @@ def first_round(task, config):
   return lambda: process.next(state, datasets)
 
 
-def worker_peak_mb() -> float:
-  """Peak resident memory of this process's TFF worker (VmHWM), in MB."""
-  pids = tff_worker.tff_worker_pids()
-  if not pids:
-    return float('nan')
-  with open(f'/proc/{pids[0]}/status') as f:
-    for line in f:
-      if line.startswith('VmHWM'):
-        return int(line.split()[1]) / 1024
-  return float('nan')
+def worker_peak_mb(reduce=max) -> float:
+  """Peak resident memory (VmHWM) of this process's TFF workers, in MB: the largest one's
+  by default (one host's need when each worker has its own), or `reduce=sum`."""
+  peaks = []
+  for pid in tff_worker.tff_worker_pids():
+    with open(f'/proc/{pid}/status') as f:
+      peaks += [int(line.split()[1]) / 1024 for line in f if line.startswith('VmHWM')]
+  return reduce(peaks) if peaks else float('nan')

@@ -6,7 +6,7 @@
 No TFF: the pure TF round functions (`flame_round_blocks`, `freqfed_round_blocks`,
 `multi_metrics_round_blocks`), each wrapped in one `tf.function` (a graph, as in
 TFF's worker), run in this process on the same G blocks of float32 rows
-(G = `grouped_gather.num_groups_for(n)`, each block with a shuffled `order`,
+(G * K of `grouped_gather.gather_layout(n)`, each block with a shuffled `order`,
 as the gather delivers them). Rows: a shared direction plus noise, a third of
 the clients opposite. Each variant reports its first call (tracing included)
 and the median of `--repeats` later calls, the variants taking turns; the
@@ -43,7 +43,7 @@ _THREADS = flags.DEFINE_integer('threads', None, "TF's intra-op threads (default
 def random_blocks(n, d, rng):
   """G gathered blocks (OrderedDict rows, order) of n rows; a third of them opposite."""
   direction = rng.standard_normal(d, dtype=np.float32)
-  num_groups = grouped_gather.num_groups_for(n)
+  num_groups = int(np.prod(grouped_gather.gather_layout(n)))
   sizes = np.bincount(np.arange(n) % num_groups, minlength=num_groups)
   blocks, row = [], 0
   for size in sizes:

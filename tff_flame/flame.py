@@ -248,7 +248,8 @@ class FlameFactory(gathered.GatheredAggregationFactory):
                max_clients: int = 1000,
                clustering_space: str = 'update',
                num_groups: Optional[int] = None,
-               distance: Optional[str] = None):
+               distance: Optional[str] = None,
+               stacks_per_group: Optional[int] = None):
     """Args:
       noise_lambda: sigma = noise_lambda * S_t (0.001 image tasks, 0.01 IoT in
         the paper; see `noise_lambda_from_privacy`).
@@ -260,12 +261,15 @@ class FlameFactory(gathered.GatheredAggregationFactory):
       clustering_space: 'update' clusters the updates delta_i (what a TFF
         aggregator receives); 'model' clusters the local models G - delta_i
         and needs the global model.
-      num_groups: the gather's groups G; None = `grouped_gather.num_groups_for(max_clients)`.
+      num_groups: the gather's aggregates G; None = `grouped_gather.gather_layout(max_clients)`.
       distance: 'cosine' or 'euclidean' for the clustering; None =
         `default_distance(clustering_space)`: the paper's cosine between
         models, Euclidean between updates alone (closest to the paper there).
+      stacks_per_group: the gather's row stacks K per aggregate (see
+        `gathered.GatheredAggregationFactory`).
     """
-    super().__init__(max_clients=max_clients, num_groups=num_groups)
+    super().__init__(max_clients=max_clients, num_groups=num_groups,
+                     stacks_per_group=stacks_per_group)
     if not noise_lambda >= 0:
       raise ValueError(f'noise_lambda must be >= 0, got {noise_lambda!r}.')
     check_clustering(min_cluster_size, min_samples)

@@ -152,7 +152,7 @@ class FreqFedFactory(gathered.GatheredAggregationFactory):
       clustering_space: 'update' clusters the updates' features; 'model' the
         local models' (G - delta_i) and needs the global model.
       max_clients: most clients per round (a round with more fails).
-      num_groups: the gather's groups G; None = `grouped_gather.num_groups_for(max_clients)`.
+      num_groups: the gather's aggregates G; None = `grouped_gather.gather_layout(max_clients)`.
     """
     super().__init__(max_clients=max_clients, num_groups=num_groups)
     flame.check_clustering(min_cluster_size, min_samples)

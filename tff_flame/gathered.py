@@ -5,7 +5,7 @@ FLAME and the robust baselines look at all client updates together
 values at the server, exactly and in bounded memory, and call `server_step`,
 a pure TF function each defense implements.
 
-The gather (`tff_flame.grouped_gather`) delivers the n updates as G row
+The gather (`tff_flame.grouped_gather`) delivers the n updates as G * K row
 blocks [m_g, d] (sum_g m_g = n), never as one [n, d] matrix built by a single
 concatenating `federated_aggregate`: TFF's C++ runtime keeps every
 intermediate accumulator of an aggregate alive until it ends, so one
@@ -18,8 +18,8 @@ never on the order TFF visits clients in. `server_step` works block by block
 most one block or one column slice of all rows at a time; a coordinate-wise
 defense may concatenate the rows once.
 
-G is `grouped_gather.num_groups_for(max_clients)` (see there): groups of about 4 clients
-while max_clients <= 128, at most 32 groups.
+(G, K) is `grouped_gather.gather_layout(max_clients)` (see there): G aggregates of K
+row stacks, about 4 clients per stack; K = 1 while max_clients <= 128, G at most 32.
 
 Two optional inputs ride along without changing that job:
 
@@ -65,21 +65,29 @@ def _concat_payload(blocks):
 
 
 class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, abc.ABC):
-  """Gathers all client updates at the server as G row blocks and calls `server_step`."""
+  """Gathers all client updates at the server as G * K row blocks and calls `server_step`."""
 
-  def __init__(self, max_clients: int = 1000, num_groups: Optional[int] = None):
+  def __init__(self, max_clients: int = 1000, num_groups: Optional[int] = None,
+               stacks_per_group: Optional[int] = None):
     """Args:
       max_clients: most clients per round; a round with more fails.
-      num_groups: G, the gather's groups; None =
-        `grouped_gather.num_groups_for(max_clients)`.
+      num_groups: G, the gather's aggregates; None =
+        `grouped_gather.gather_layout(max_clients)`.
+      stacks_per_group: K, row stacks per aggregate; None = the layout's K when
+        num_groups is None, else ceil(max_clients / (4 G)).
     """
     if not isinstance(max_clients, int) or max_clients < 1:
       raise ValueError(f'max_clients must be a positive int, got {max_clients!r}.')
-    if num_groups is not None and (not isinstance(num_groups, int) or num_groups < 1):
-      raise ValueError(f'num_groups must be None or a positive int, got {num_groups!r}.')
+    for name, v in (('num_groups', num_groups), ('stacks_per_group', stacks_per_group)):
+      if v is not None and (not isinstance(v, int) or v < 1):
+        raise ValueError(f'{name} must be None or a positive int, got {v!r}.')
     self._max_clients = max_clients
-    self._num_groups = (grouped_gather.num_groups_for(max_clients) if num_groups is None
-                        else num_groups)
+    layout_groups, layout_stacks = grouped_gather.gather_layout(max_clients)
+    self._num_groups = layout_groups if num_groups is None else num_groups
+    if stacks_per_group is None:
+      stacks_per_group = (layout_stacks if num_groups is None else
+                          -(-max_clients // (4 * num_groups)))
+    self._stacks_per_group = stacks_per_group
 
   @property
   def max_clients(self) -> int:
@@ -88,6 +96,10 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
   @property
   def num_groups(self) -> int:
     return self._num_groups
+
+  @property
+  def stacks_per_group(self) -> int:
+    return self._stacks_per_group
 
   @property
   def requires_global_model(self) -> bool:
@@ -106,7 +118,7 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
   def server_step(self, state, blocks: list, global_model: Optional[tf.Tensor]):
     """Returns (new_state, aggregate [d], measurements) for the gathered updates.
 
-    `blocks` is a list of G gathered blocks, OrderedDict(rows=float32
+    `blocks` is a list of G * K gathered blocks, OrderedDict(rows=float32
     [m_g, d], order=int32 [m_g]) (some may be empty): block g's rows in
     canonical order are rows[order]. Row i of the updates is row i of the
     blocks read that way, taken in order, and per-row measurements must use
@@ -139,7 +151,8 @@ class GatheredAggregationFactory(tff.aggregators.UnweightedAggregationFactory, a
     client_type = (value_type if payload_type is None else
                    tff.StructWithPythonType([value_type, payload_type], tuple))
     gather = grouped_gather.build_grouped_gather(client_type, self._num_groups,
-                                                 with_payload=payload_type is not None)
+                                                 with_payload=payload_type is not None,
+                                                 stacks_per_group=self._stacks_per_group)
     initialize = build_initialize(self)
     server = build_server_computation(self, value_type, gather,
                                       initialize.type_signature.result.member)

@@ -177,7 +177,7 @@ class MultiMetricsFactory(gathered.GatheredAggregationFactory):
         least one).
       metric_space: 'update' or 'model' (needs the global model).
       max_clients: most clients per round (a round with more fails).
-      num_groups: the gather's groups G; None = `grouped_gather.num_groups_for(max_clients)`.
+      num_groups: the gather's aggregates G; None = `grouped_gather.gather_layout(max_clients)`.
     """
     super().__init__(max_clients=max_clients, num_groups=num_groups)
     if not 0.0 < fraction <= 1.0:

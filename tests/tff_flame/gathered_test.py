@@ -15,6 +15,7 @@ Overflow: clients with all entries 1e19, 1e25 or 3e38, alone and together
 with NaN and Inf clients, through TFF for every defense.
 """
 
+import contextlib
 import pathlib
 import sys
 
@@ -31,6 +32,7 @@ from tff_flame import blockwise_ops
 from tff_flame import flame
 from tff_flame import gathered
 from tff_flame import robust
+from tff_flame import tff_worker
 
 DIM = 10
 VALUE_TYPE = tff.StructWithPythonType(
@@ -295,6 +297,61 @@ def test_every_gathering_defense_has_a_weighted_form(name):
   factory = make_aggregator(name)
   assert isinstance(factory, gathered.GatheredAggregationFactory)
   assert isinstance(factory.as_weighted(), tff.aggregators.WeightedAggregationFactory)
+
+
+def clients_last(process, state_type):
+  """`next(state, value, global_model)` as a computation taking (state, global_model, value).
+
+  TFF 0.87's mergeable context splits the clients correctly only when the CLIENTS-placed
+  argument is the last one: `_partition_value` carries the client counters of the LAST
+  struct element to the next subround, so with (state, value@CLIENTS, global_model@SERVER)
+  every service gets the first share of the clients (seen here: each client twice, half
+  of them missing). The learning process (`build_flame_fed_avg`) takes (state, data@CLIENTS).
+  """
+  value_type = process.next.type_signature.parameter[1]
+  model_type = process.next.type_signature.parameter[2]
+
+  @tff.federated_computation(state_type, model_type, value_type)
+  def next_fn(state, global_model, value):
+    return process.next(state, value, global_model)
+  return next_fn
+
+
+def split_round(name, rows, num_local):
+  """(result, measurements) of one FLAME round on `num_local` services (1: the session's)."""
+  factory = tff_flame.FlameFactory(noise_lambda=0.0, max_clients=len(rows),
+                                   clustering_space='model' if name == 'flame_model' else 'update')
+  process = factory.create_gathered(VALUE_TYPE, payload_type=tff.TensorType(np.int32))
+  values = [(as_value(r), np.int32(i)) for i, r in enumerate(rows)]
+  context = (tff_worker.execution_context(num_local=num_local) if num_local > 1
+             else contextlib.nullcontext())
+  with context:
+    state = process.initialize()
+    if factory.requires_global_model:
+      next_fn = clients_last(process, process.initialize.type_signature.result)
+      out = next_fn(state, as_value(GLOBAL_MODEL), values)
+    else:
+      out = process.next(state, values)
+  return flat(out.result), out.measurements
+
+
+@pytest.mark.parametrize('name', ['flame', 'flame_model'])
+def test_round_split_over_two_services_equals_one_and_numpy(name):
+  """n = 100 with NaN, Inf and huge clients: the clients split over two services (TFF's
+  mergeable context, each folding its share) give one execution's round and the oracle's."""
+  rows = client_rows(100, seed=5)
+  rows[20] = 3e38
+  rows[21] = -1e25
+  one, one_m = split_round(name, rows, 1)
+  two, two_m = split_round(name, rows, 2)
+  np.testing.assert_array_equal(two, one)
+  for key in ('admitted', 'payload', 'clipping_bound', 'num_admitted'):
+    np.testing.assert_array_equal(np.asarray(two_m[key]), np.asarray(one_m[key]))
+  want_agg, want = numpy_round(name, rows)
+  order = np.asarray(two_m['payload'])
+  np.testing.assert_array_equal(np.asarray(two_m['admitted']), want['admitted'][order])
+  assert two_m['clipping_bound'] == pytest.approx(want['clipping_bound'], rel=1e-12)
+  np.testing.assert_allclose(two, want_agg, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('name', ['flame', 'flame_model', 'krum', 'median'])

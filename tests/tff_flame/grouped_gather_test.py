@@ -62,29 +62,30 @@ def canonical(blocks):
   return out
 
 
-def get_gather(cache, g, with_payload):
-  """The gather, returning its blocks in canonical order (see `canonical`)."""
-  key = (g, with_payload)
+def get_gather(cache, g, with_payload, k=1):
+  """The gather (G = g, K = k), returning its blocks in canonical order (see `canonical`)."""
+  key = (g, k, with_payload)
   if key not in cache:
     gather = grouped_gather.build_grouped_gather(
-        LABELLED_TYPE if with_payload else VALUE_TYPE, g, with_payload=with_payload)
+        LABELLED_TYPE if with_payload else VALUE_TYPE, g, with_payload=with_payload,
+        stacks_per_group=k)
     cache[key] = lambda values: canonical(gather(values))
   return cache[key]
 
 
 @pytest.mark.parametrize('n', [1, 2, 3, 10, 57])
-@pytest.mark.parametrize('g', [1, 3, 8])
-def test_same_multiset_of_rows_and_aligned_payloads(gathers, n, g):
+@pytest.mark.parametrize('g,k', [(1, 1), (3, 1), (8, 1), (1, 6), (3, 5)])
+def test_same_multiset_of_rows_and_aligned_payloads(gathers, n, g, k):
   rng = np.random.default_rng(10 * n + g)
   rows = client_rows(rng, n)
-  gather = get_gather(gathers, g, with_payload=True)
+  gather = get_gather(gathers, g, with_payload=True, k=k)
   # Payload: the client's index, so alignment can be checked row by row; the
   # duplicate row 1 gets the same payload as row 0 (fully identical clients).
   payload = np.arange(n, dtype=np.int32)
   if n >= 3:
     payload[1] = 0
   blocks = gather([(as_value(r), p) for r, p in zip(rows, payload)])
-  assert len(blocks) == g
+  assert len(blocks) == g * k
   got_rows = gathered_rows(blocks)
   got_payload = np.concatenate([np.asarray(b['payload']).reshape(-1) for b in blocks])
   assert got_rows.shape == (n, DIM) and got_payload.shape == (n,)
@@ -94,8 +95,10 @@ def test_same_multiset_of_rows_and_aligned_payloads(gathers, n, g):
   assert sorted(got_payload.tolist()) == sorted(payload.tolist())
   for index, block in enumerate(blocks):
     fps = np.asarray(block['fingerprints']).reshape(-1)
-    assert (fps[1:] >= fps[:-1]).all()  # canonical order inside a group
-    assert (np.mod(fps, g) == index).all()  # the group is fingerprint mod G
+    assert (fps[1:] >= fps[:-1]).all()  # canonical order inside a block
+    group, stack = divmod(index, k)
+    assert (np.mod(fps, g) == group).all()  # the group is fingerprint mod G
+    assert (np.mod(np.floor_divide(fps, g), k) == stack).all()  # the stack (f div G) mod K
 
 
 @pytest.mark.parametrize('n', [1, 2, 3, 10, 57])
@@ -113,7 +116,7 @@ def test_without_payload(gathers, n):
 def test_result_does_not_depend_on_client_order(gathers):
   rng = np.random.default_rng(4)
   rows = client_rows(rng, 23)
-  gather = get_gather(gathers, 3, with_payload=True)
+  gather = get_gather(gathers, 3, with_payload=True, k=5)
   payload = np.arange(23, dtype=np.int32) % 5
   first = gather([(as_value(r), p) for r, p in zip(rows, payload)])
   order = rng.permutation(23)
@@ -147,7 +150,7 @@ def test_structured_payload_and_float64_leaves():
   values = [[rng.normal(size=3), rng.normal(size=2).astype(np.float32)] for _ in range(6)]
   payloads = [collections.OrderedDict(flag=np.int32(i), tag=np.full(2, i, np.float32))
               for i in range(6)]
-  blocks = gather(list(zip(values, payloads)))
+  blocks = grouped_gather.blocks_of(gather(list(zip(values, payloads))))
   for block in blocks:
     for row, flag, tag in zip(np.asarray(block['rows']).reshape(-1, 5),
                               np.asarray(block['payload']['flag']).reshape(-1),
@@ -161,10 +164,11 @@ def test_structured_payload_and_float64_leaves():
 def test_composes_in_a_federated_computation_with_blockwise_ops():
   """The server step sees the G blocks; a Gram matrix from them equals NumPy's."""
   value_type = tff.TensorType(np.float32, [7])
-  gather = grouped_gather.build_grouped_gather(value_type, 3)
+  gather = grouped_gather.build_grouped_gather(value_type, 3, stacks_per_group=2)
 
   @tff.tensorflow.computation(gather.result_type)
-  def server(blocks):
+  def server(gathered):
+    blocks = grouped_gather.blocks_of(gathered)
     gram = blockwise_ops.gram_matrix(blocks, tf.float64)
     norms = blockwise_ops.l2_norms(blocks)
     return gram, norms, blockwise_ops.concat_rows(blocks)
@@ -185,13 +189,15 @@ def test_composes_in_a_federated_computation_with_blockwise_ops():
   assert np.isfinite(gram).all()
 
 
-def test_num_groups_for():
-  assert grouped_gather.num_groups_for(1) == 1
-  assert grouped_gather.num_groups_for(40) == 10
-  assert grouped_gather.num_groups_for(100) == 25
-  assert grouped_gather.num_groups_for(10, rows_per_group=3) == 4
+def test_gather_layout():
+  assert grouped_gather.gather_layout(1) == (1, 1)
+  assert grouped_gather.gather_layout(10) == (3, 1)
+  assert grouped_gather.gather_layout(100) == (25, 1)
+  assert grouped_gather.gather_layout(500) == (32, 4)
+  assert grouped_gather.gather_layout(1000) == (32, 8)
+  assert grouped_gather.gather_layout(10, rows_per_stack=2, max_groups=2) == (2, 3)
   with pytest.raises(ValueError):
-    grouped_gather.num_groups_for(0)
+    grouped_gather.gather_layout(0)
 
 
 def test_bad_types():
@@ -203,6 +209,8 @@ def test_bad_types():
     grouped_gather.build_grouped_gather(tff.TensorType(np.float32, [3]), 2, with_payload=True)
   with pytest.raises(ValueError, match='num_groups'):
     grouped_gather.build_grouped_gather(tff.TensorType(np.float32, [3]), 0)
+  with pytest.raises(ValueError, match='stacks_per_group'):
+    grouped_gather.build_grouped_gather(tff.TensorType(np.float32, [3]), 1, stacks_per_group=0)
 
 
 def test_a_row_unflattens_with_the_gathers_specs():
