@@ -197,7 +197,6 @@ def build_server_computation(factory: GatheredAggregationFactory, value_type, ga
                              state_type) -> tff.Computation:
   """`server(state, gathered, num_clients[, global_model])`: the factory's `server_step` on
   the checked blocks -> (new state, aggregate shaped as `value_type`, measurements)."""
-  specs = grouped_gather.check_value_type(value_type)
 
   def body(state, gathered, num_clients, global_model):
     blocks = grouped_gather.blocks_of(gathered)
@@ -208,7 +207,7 @@ def build_server_computation(factory: GatheredAggregationFactory, value_type, ga
     new_state, aggregate, measurements = factory.server_step(state, row_blocks, global_model)
     if gather.with_payload:
       measurements = collections.OrderedDict(measurements, payload=_concat_payload(blocks))
-    result = _pack_like(value_type, stacked_ops.unflatten_vector(aggregate, specs))
+    result = _pack_like(value_type, stacked_ops.unflatten_vector(aggregate, gather.specs))
     return new_state, result, measurements
 
   if factory.requires_global_model:
