@@ -102,13 +102,8 @@ def cells_of(section: str) -> list:
 
 def run_order(sections) -> list:
   """The cells of `sections`, each once, in the order they run: what the report needs most
-  first (a 2-core machine may not finish them all): the attackers who know the defense against
-  none, FLAME and the hardened FLAME, their seeds 1 and 2 with no attack and under stay_small,
-  constrain-and-scale, the other defenses against the
-  adaptive attackers, the other tasks, DBA and PGD, the adaptive seeds, stay_small's radius,
-  the malicious-share sweep, the constrain-and-scale seeds, data poisoning, the adaptive attacks
-  at 10 per round and on the other tasks, the alpha sweep, the other seeds, clients per round,
-  the other tasks' other attacks."""
+  first, since a 2-core machine may not finish them all. The main table's ranks are below;
+  `adaptive.priority` gives the ranks of "Attackers who know the defense", interleaved."""
   rank = {'none': 1, 'constrain_and_scale': 1, 'dba': 4, 'pgd_scaled': 5, 'data_poisoning': 10}
 
   def priority(section, cell):
