@@ -2,7 +2,7 @@
 
   python -m benchmarks.flame_overhead [--clients=10,30,50,100,200] [--repeats=2]
       [--output_json=PATH] [--dim=D] [--hardened] [--num_groups=G --stacks_per_group=K]
-      [--local_services=k] [--only=flame,flame_model]
+      [--local_services=k] [--only=flame,flame_model] [--generate_in_worker]
 
 For each n, three variants run, each in a FRESH TFF worker of its own
 (`tff_flame.tff_worker.local_worker()`): a plain mean
@@ -19,7 +19,10 @@ with `--hardened` also the hardened FLAME (`HardenedFlameFactory`, model space).
             reduces it), so this is the regime reported.
 
 Updates have the shape of the EMNIST CNN's trainable weights (1.66 M floats);
-a third of the clients push an opposite direction. Machines here are noisy:
+a third of the clients push an opposite direction. They are sent from Python
+to the worker, or with `--generate_in_worker` made inside it from each
+client's seed (the only way past the 2 GB a call may send, e.g. n = 500 at
+d = 1.66 M); the time and memory of making them are then in every variant. Machines here are noisy:
 only ratios from the same run are meaningful. `--output_json` writes a list
 of objects, one per n, with keys n, flame_next_s, mean_next_s, flame_peak_mb,
 mean_peak_mb, flame_model_next_s, flame_model_peak_mb, the first-call times
@@ -63,6 +66,9 @@ _ONLY = flags.DEFINE_list('only', [], 'Time only these of flame, flame_model (me
 _DIM = flags.DEFINE_integer('dim', None, 'Time updates of this many floats (one tensor) instead '
                             "of the EMNIST CNN's 1.66 M (e.g. a smaller model at n = 500).",
                             lower_bound=1)
+_GENERATE = flags.DEFINE_bool('generate_in_worker', False, "Make each client's update inside "
+                               'the worker from its seed instead of sending it (n x d floats '
+                               'over 2 GB cannot be sent).')
 _OUTPUT_JSON = flags.DEFINE_string('output_json', None,
                                    'Also write the per-n numbers to this JSON file.')
 
@@ -95,20 +101,67 @@ def client_values(value_type, n, rng):
   return values
 
 
+def update_maker(value_type, n):
+  """A TF computation making client i's update from its seed [i, 0] inside the worker: the
+  same mix as `client_values` (a shared direction, opposite for the first third, plus
+  noise), drawn with TF's stateless generator."""
+  shapes = [leaf.shape for leaf in value_type]
+  sizes = [int(np.prod(s)) for s in shapes]
+
+  @tff.tensorflow.computation(tff.TensorType(np.int32, [2]))
+  def make_update(seed):
+    direction = tf.random.stateless_normal([sum(sizes)], seed=[0, 1])
+    sign = tf.where(seed[0] < n // 3, -1.0, 1.0)
+    flat = sign * direction + 0.5 * tf.random.stateless_normal([sum(sizes)], seed=seed + 2)
+    return [tf.reshape(p, s) for p, s in zip(tf.split(flat, sizes), shapes)]
+
+  return make_update
+
+
+def generating_next(process, value_type, n, with_global_model: bool):
+  """`next(state[, global_model], seeds@CLIENTS)`: the process's `next` on updates made in the
+  worker. The CLIENTS argument comes last, as TFF 0.87's mergeable context needs."""
+  make_update = update_maker(value_type, n)
+  state_type = process.initialize.type_signature.result
+  seeds_type = tff.FederatedType(tff.TensorType(np.int32, [2]), tff.CLIENTS)
+  if with_global_model:
+    model_type = process.next.type_signature.parameter[2]
+
+    @tff.federated_computation(state_type, model_type, seeds_type)
+    def next_with_model(state, global_model, seeds):
+      return process.next(state, tff.federated_map(make_update, seeds), global_model)
+    return next_with_model
+
+  @tff.federated_computation(state_type, seeds_type)
+  def next_fn(state, seeds):
+    return process.next(state, tff.federated_map(make_update, seeds))
+  return next_fn
+
+
+def client_seeds(n) -> list:
+  return [np.array([i, 0], np.int32) for i in range(n)]
+
+
 def build_next(variant, value_type, n, global_model):
-  """A no-argument callable running one `next` of the variant (state fixed)."""
+  """A callable running one `next` of the variant (state fixed) on the clients' values (their
+  seeds with `--generate_in_worker`)."""
   if variant == 'mean':
     process = tff.aggregators.UnweightedMeanFactory().create(value_type)
-    state = process.initialize()
-    return lambda values: process.next(state, values)
-  factory_class = (hardened.HardenedFlameFactory if variant == 'flame_hardened'
-                   else flame.FlameFactory)
-  factory = factory_class(max_clients=n, num_groups=_NUM_GROUPS.value,
-                          stacks_per_group=_STACKS.value,
-                          clustering_space='update' if variant == 'flame' else 'model')
-  process = factory.create_gathered(value_type)
+  else:
+    factory_class = (hardened.HardenedFlameFactory if variant == 'flame_hardened'
+                     else flame.FlameFactory)
+    factory = factory_class(max_clients=n, num_groups=_NUM_GROUPS.value,
+                            stacks_per_group=_STACKS.value,
+                            clustering_space='update' if variant == 'flame' else 'model')
+    process = factory.create_gathered(value_type)
   state = process.initialize()
-  if factory.requires_global_model:
+  with_model = variant != 'mean' and factory.requires_global_model
+  if _GENERATE.value:
+    next_fn = generating_next(process, value_type, n, with_model)
+    if with_model:
+      return lambda seeds: next_fn(state, global_model, seeds)
+    return lambda seeds: next_fn(state, seeds)
+  if with_model:
     return lambda values: process.next(state, values, global_model)
   return lambda values: process.next(state, values)
 
@@ -137,7 +190,7 @@ def main(argv):
   print(f"{'n':>5} {'G':>3} {'K':>4} {'mean s':>8} {'FLAME s':>8} {'ratio':>6} {'model s':>8} {'ratio':>6}"
         f" {'mean MB':>8} {'FLAME MB':>9} {'ratio':>6} {'model MB':>9} {'ratio':>6}")
   for n in [int(c) for c in _CLIENTS.value]:
-    values = client_values(value_type, n, rng)
+    values = client_seeds(n) if _GENERATE.value else client_values(value_type, n, rng)
     global_model = client_values(value_type, 1, rng)[0]
     variants = VARIANTS + (('flame_hardened',) if _HARDENED.value else ())
     skipped = (float('nan'),) * 3
@@ -148,7 +201,8 @@ def main(argv):
     factory = flame.FlameFactory(max_clients=n, num_groups=_NUM_GROUPS.value,
                                  stacks_per_group=_STACKS.value)
     row = dict(n=n, num_groups=factory.num_groups, num_stacks=factory.stacks_per_group,
-               dim=num_params, local_services=_SERVICES.value)
+               dim=num_params, local_services=_SERVICES.value,
+               generate_in_worker=_GENERATE.value)
     for v in variants:
       row[f'{v}_first_s'], row[f'{v}_next_s'], row[f'{v}_peak_mb'] = out[v]
     for v in variants[1:]:
