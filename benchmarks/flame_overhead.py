@@ -3,6 +3,7 @@
   python -m benchmarks.flame_overhead [--clients=10,30,50,100,200] [--repeats=2]
       [--output_json=PATH] [--dim=D] [--hardened] [--num_groups=G --stacks_per_group=K]
       [--local_services=k] [--only=flame,flame_model] [--generate_in_worker]
+      [--perf_dir=DIR]
 
 For each n, three variants run, each in a FRESH TFF worker of its own
 (`tff_flame.tff_worker.local_worker()`): a plain mean
@@ -29,7 +30,14 @@ mean_peak_mb, flame_model_next_s, flame_model_peak_mb, the first-call times
 and the ratios to mean (and num_stacks, K; flame_hardened_* with `--hardened`).
 """
 
+import collections
+import contextlib
 import json
+import os
+import re
+import signal
+import subprocess
+import time
 
 from absl import app
 from absl import flags
@@ -69,10 +77,14 @@ _DIM = flags.DEFINE_integer('dim', None, 'Time updates of this many floats (one 
 _GENERATE = flags.DEFINE_bool('generate_in_worker', False, "Make each client's update inside "
                                'the worker from its seed instead of sending it (n x d floats '
                                'over 2 GB cannot be sent).')
+_PERF_DIR = flags.DEFINE_string('perf_dir', None, "Profile the timed calls of every variant "
+                                'with Linux perf (the workers\' CPU samples, self time by '
+                                'library and symbol): DIR/<variant>_n<n>.txt.')
 _OUTPUT_JSON = flags.DEFINE_string('output_json', None,
                                    'Also write the per-n numbers to this JSON file.')
 
 VARIANTS = ('mean', 'flame', 'flame_model')
+PERF_HZ = 499
 
 
 def emnist_cnn_value_type():
@@ -166,13 +178,104 @@ def build_next(variant, value_type, n, global_model):
   return lambda values: process.next(state, values)
 
 
+# Where a worker's CPU time goes, from perf's self time per symbol: (category, library regex,
+# symbol regex); the first match wins.
+PERF_CATEGORIES = (
+    ('copies (memmove)', r'libc', r'mem(move|cpy)'),
+    ('malloc / free', r'libc', r'malloc|free|_int_|tcache|arena'),
+    ('kernel: new pages, faults', r'kernel', r'page|fault|folio|alloc|vma|pte|lru|zap|mm_|'
+     r'rmqueue|memcg|clear_|unmap|munmap|madvise'),
+    ('kernel: other', r'kernel', r'.'),
+    ('serialization (protobuf, gRPC)', r'.', r'protobuf|Serializ|Parse|Proto|grpc|Cord'),
+    ('noise (random normal)', r'.', r'Philox|Random|sincos|__log|ieee754'),
+    ('matrix products (Gram)', r'.', r'gemm|gebp|gemv|matrix_vector|general_matrix|Contraction'),
+    ('other TF kernels (Eigen)', r'.', r'Eigen'),
+    ('other', r'.', r'.'),
+)
+PERF_SAMPLE = re.compile(r'^\s*(\d+)\s+[0-9a-f]+\s+(.*) \((.*)\)\s*$')
+
+
+def category_of(library: str, symbol: str) -> str:
+  return next(name for name, library_re, symbol_re in PERF_CATEGORIES
+              if re.search(library_re, library) and re.search(symbol_re, symbol))
+
+
+def perf_samples(script: str, sides: dict) -> dict:
+  """{side: {category: samples}} and {side: Counter of (library, symbol)} from `perf script
+  -F pid,ip,sym,dso` text; `sides` maps a side's name to its set of pids."""
+  side_of = {pid: side for side, pids in sides.items() for pid in pids}
+  counts = {side: collections.Counter() for side in sides}
+  symbols = {side: collections.Counter() for side in sides}
+  for line in script.splitlines():
+    match = PERF_SAMPLE.match(line)
+    if match and int(match[1]) in side_of:
+      side, library = side_of[int(match[1])], os.path.basename(match[3])
+      counts[side][category_of(library, match[2])] += 1
+      symbols[side][(library, match[2][:100])] += 1
+  return counts, symbols
+
+
+@contextlib.contextmanager
+def perf_profile(label: str):
+  """With `--perf_dir`, Linux perf samples this process and its TFF workers (CPU clock,
+  `PERF_HZ`) while the block runs. Per side (`worker`; `caller`, this Python process, which
+  sends the values and receives the result) DIR/<label>.json holds the samples per
+  `PERF_CATEGORIES` entry and DIR/<label>.txt the 40 symbols with the most samples."""
+  if not _PERF_DIR.value:
+    yield
+    return
+  os.makedirs(_PERF_DIR.value, exist_ok=True)
+  data = os.path.join(_PERF_DIR.value, f'{label}.perf.data')
+  sides = dict(worker=set(tff_worker.tff_worker_pids()), caller={os.getpid()})
+  recorder = subprocess.Popen(['perf', 'record', '-e', 'cpu-clock', '-F', str(PERF_HZ), '-p',
+                               ','.join(str(p) for pids in sides.values() for p in pids),
+                               '-o', data],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  time.sleep(2)  # perf attaches to the processes' threads
+  try:
+    yield
+  finally:
+    recorder.send_signal(signal.SIGINT)
+    recorder.wait()
+  script = subprocess.run(['perf', 'script', '-i', data, '-F', 'pid,ip,sym,dso'],
+                          capture_output=True, text=True, check=False).stdout
+  counts, symbols = perf_samples(script, sides)
+  with open(os.path.join(_PERF_DIR.value, f'{label}.json'), 'w') as f:
+    json.dump(counts, f, indent=2)
+  with open(os.path.join(_PERF_DIR.value, f'{label}.txt'), 'w') as f:
+    for side, counter in symbols.items():
+      f.write(f'# {side}: samples per (library, symbol), {PERF_HZ} Hz\n')
+      f.writelines(f'{c:>7} {lib:<28} {sym}\n' for (lib, sym), c in counter.most_common(40))
+
+
+def print_perf(row: dict, variants, n: int) -> None:
+  """Adds `<variant>_perf_cpu_s` (CPU seconds per timed call, by side and category) to `row`
+  and prints them side by side."""
+  for v in variants:
+    with open(os.path.join(_PERF_DIR.value, f'{v}_n{n}.json')) as f:
+      counts = json.load(f)
+    per_call = 1 / PERF_HZ / _REPEATS.value
+    row[f'{v}_perf_cpu_s'] = {
+        side: dict({k: c * per_call for k, c in by_category.items()},
+                   total=sum(by_category.values()) * per_call)
+        for side, by_category in counts.items()}
+  print('      CPU s per call (perf): ' + ' / '.join(variants))
+  for side in ('worker', 'caller'):
+    for category in [name for name, _, _ in PERF_CATEGORIES] + ['total']:
+      cells = [row[f'{v}_perf_cpu_s'][side].get(category, 0.0) for v in variants]
+      if any(cells):
+        print(f'      {side:<7}{category:<32} ' + ' '.join(f'{c:>7.2f}' for c in cells),
+              flush=True)
+
+
 def run_variant(variant, value_type, values, global_model, repeats):
   """(first-call s, median next s, worker peak MB after the first call), in a fresh worker."""
   with tff_worker.local_worker(num_local=_SERVICES.value):
     run = build_next(variant, value_type, len(values), global_model)
     first_s = measure.seconds(lambda: run(values))
     peak_mb = measure.worker_peak_mb()
-    next_s = measure.median_seconds(lambda: run(values), repeats, warm_up=False)
+    with perf_profile(f'{variant}_n{len(values)}'):
+      next_s = measure.median_seconds(lambda: run(values), repeats, warm_up=False)
     return first_s, next_s, peak_mb
 
 
@@ -220,6 +323,8 @@ def main(argv):
             f"{row['flame_hardened_next_s'] / row['flame_model_next_s']:.2f}x FLAME model), "
             f"{row['flame_hardened_peak_mb']:.0f} MB ({row['flame_hardened_peak_ratio']:.2f}x)",
             flush=True)
+    if _PERF_DIR.value:
+      print_perf(row, [v for v in variants if not np.isnan(row[f'{v}_next_s'])], n)
     if _OUTPUT_JSON.value:  # after every n, so a later failure keeps what was measured
       with open(_OUTPUT_JSON.value, 'w') as f:
         json.dump(rows, f, indent=2)
