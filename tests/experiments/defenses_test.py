@@ -25,8 +25,13 @@ def test_filter_rates_on_a_hand_made_case():
   assert np.isnan(none['tpr'].numpy()) and none['tnr'].numpy() == 1.0
 
 
+@pytest.fixture(scope='module')
+def labelled_flame():
+  return defenses.create_with_ground_truth(FlameFactory(noise_lambda=0.0), VALUE_TYPE)
+
+
 @pytest.mark.parametrize('attackers_first', [True, False])
-def test_tpr_tnr_follow_the_flags_not_the_client_order(attackers_first):
+def test_tpr_tnr_follow_the_flags_not_the_client_order(labelled_flame, attackers_first):
   rng = np.random.default_rng(1)
   direction = rng.normal(size=6)
   benign = [(direction + 0.3 * rng.normal(size=6)).astype(np.float32) for _ in range(7)]
@@ -34,7 +39,7 @@ def test_tpr_tnr_follow_the_flags_not_the_client_order(attackers_first):
   values = [(v, np.int32(1)) for v in bad] + [(v, np.int32(0)) for v in benign]
   if not attackers_first:
     values = values[::-1]
-  process = defenses.create_with_ground_truth(FlameFactory(noise_lambda=0.0), VALUE_TYPE)
+  process = labelled_flame
   m = process.next(process.initialize(), values, np.zeros(6, np.float32)).measurements
   assert 'payload' not in m
   assert m['num_malicious'] == 3

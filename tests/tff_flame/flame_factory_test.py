@@ -92,20 +92,6 @@ def test_too_many_clients_is_an_error_not_a_silent_sample():
     process.next(process.initialize(), [np.ones(2, np.float32)] * 4)
 
 
-def test_model_space_sees_the_global_model():
-  """With clustering on G - delta_i, the aggregator output equals a NumPy round on that space."""
-  flame = FlameFactory(noise_lambda=0.0, clustering_space='model')
-  process = flame.create_gathered(VALUE_TYPE)
-  rows, values = client_values(np.random.default_rng(4), 6, 3)
-  reference_rows = np.random.default_rng(5).normal(size=10).astype(np.float32) * 2
-  reference = [reference_rows[:6].reshape(3, 2), reference_rows[6:]]
-  out = process.next(process.initialize(), values, reference)
-  expected, want = flame_round_numpy(rows, reference=reference_rows)
-  result = np.concatenate([np.asarray(out.result[0]).ravel(), np.asarray(out.result[1])])
-  np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-6)
-  assert out.measurements['num_admitted'] == want['num_admitted']
-
-
 if __name__ == '__main__':
   # `bazel test` runs this file as a py_test: pytest, with tests/conftest.py.
   tests_dir = pathlib.Path(__file__).absolute().parents[1]

@@ -32,7 +32,9 @@ def _model_fn():
       loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 
 
-@pytest.mark.parametrize('builder', ['unweighted', 'weighted', 'model_space', 'update_space'])
+# build_flame_fed_avg's default (model space) against NumPy:
+# test_build_flame_fed_avg_defaults_to_the_papers_model_space.
+@pytest.mark.parametrize('builder', ['unweighted', 'weighted', 'update_space'])
 def test_fed_avg_round(builder):
   optimizer = tff.learning.optimizers.build_sgdm(0.5)
   if builder == 'unweighted':
