@@ -69,13 +69,12 @@ def cells_of(section: str) -> list:
 def priority(section: str, cell: Cell) -> int:
   """Run order rank (lower first; the evaluation's ranks interleave with these): seed 0 against
   none, FLAME and the hardened FLAME; seeds 1 and 2 with no attack and under stay_small; the
-  other defenses against the attacks that know the defense; stay_small's radius; the other
-  tasks; the other defenses against the attacks that ignore it; the other seeds; 10 per
-  round."""
+  other defenses under stay_small and neurotoxin; stay_small's radius; the other tasks; the
+  other defenses under the other attacks; the other seeds; 10 per round."""
   if section == 'adaptive':
     if cell.defense in SEEDED:
       return 0
-    return 2 if cell.attack in ADAPTIVE else 5
+    return 2 if cell.attack in ('stay_small', 'neurotoxin') else 5
   if section == 'adaptive_seeds' and cell.attack in ('none', 'stay_small'):
     return 1
   return dict(adaptive_seeds=6, stay_small_fraction=3, adaptive_ten=11,
