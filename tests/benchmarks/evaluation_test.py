@@ -128,6 +128,8 @@ def test_adaptive_section_tables(tmp_path):
   write_cell(tmp_path, Cell('fashion_mnist', 'none', 'flame_hardened', twenty, 0),
              [dict(round=1, main_accuracy=0.75, backdoor_accuracy=0.05, attacking=False,
                    tnr=0.6)], clients_per_round=20)
+  write_cell(tmp_path, Cell('fashion_mnist', 'stay_small', 'freqfed', twenty, 0),
+             attack_rounds(0.74, 0.75), clients_per_round=20)
   report = tmp_path / 'report.md'
   evaluation.write_report(tmp_path, report)
   text = report.read_text()
@@ -143,6 +145,8 @@ def test_adaptive_section_tables(tmp_path):
   assert 'flame_hardened TNR 60.0 (target 80%: missed)' in section
   assert ('stay_small 70.0 / 80.0 / 5.0' in text and 'no defense / FLAME / hardened FLAME'
           in text)  # the headline
+  assert 'The other defenses under the same attacks (final BA, seed 0): stay_small: freqfed ' \
+      '95.0.' in text
   per_round = section[section.index('| flame: attack |'):]
   assert '| stay_small | r2: 0.0 / 40.0 (6); r3: 0.0 / 30.0 (5); r4: 20.0 / 35.0 (7) |' in \
       per_round
