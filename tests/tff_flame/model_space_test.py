@@ -1,15 +1,17 @@
 """Why the paper clusters models: boosted updates that update-space cosine admits are
 rejected when FLAME clusters the local models W_i = G - delta_i, and by the bare
-path's default (Euclidean distance between updates)."""
+path's default (Euclidean distance between updates). FLAME's pure TF round, as the
+factories run it (each factory's round through TFF: tests/tff_flame/gathered_test.py)."""
 
 import pathlib
 import sys
 
 import numpy as np
 import pytest
-import tensorflow_federated as tff
+import tensorflow as tf
 
 from tff_flame import FlameFactory
+from tff_flame import flame
 
 D = 40
 
@@ -41,29 +43,29 @@ def admitted_attackers(measurements):
 
 def test_update_space_admits_boosted_attackers_model_space_rejects_them():
   rows, global_model = boosted_round()
-  value_type = tff.TensorType(np.float32, [D])
   # The geometry: boosting keeps the update's direction (cosine) but not the model's.
   cos = lambda x, y: x @ y / np.linalg.norm(x) / np.linalg.norm(y)
   assert cos(rows[0], rows[9]) > cos(rows[0], rows[1])
   models = global_model[None] - rows
   assert cos(models[0], models[9]) < cos(models[0], models[1]) - 0.1
 
-  update_cosine = FlameFactory(noise_lambda=0.0, distance='cosine').create(value_type)
-  m = update_cosine.next(update_cosine.initialize(), list(rows)).measurements
-  attackers_in, _ = admitted_attackers(m)
+  def round_measurements(factory, reference=None):
+    _, m = flame.flame_round_blocks([tf.constant(rows)], tf.constant([0, 0], tf.int64), 0.0,
+                                    global_model=reference, distance=factory.distance)
+    return m
+
+  attackers_in, _ = admitted_attackers(round_measurements(FlameFactory(distance='cosine')))
   assert attackers_in == 3
 
   bare_default = FlameFactory(noise_lambda=0.0)
   assert bare_default.distance == 'euclidean' and not bare_default.requires_global_model
-  bare = bare_default.create(value_type)
-  m = bare.next(bare.initialize(), list(rows)).measurements
-  attackers_in, benign_in = admitted_attackers(m)
+  attackers_in, benign_in = admitted_attackers(round_measurements(bare_default))
   assert attackers_in == 0 and benign_in == 7
 
-  model_space = FlameFactory(noise_lambda=0.0, clustering_space='model').create_gathered(
-      value_type)
-  m = model_space.next(model_space.initialize(), list(rows), global_model).measurements
-  attackers_in, benign_in = admitted_attackers(m)
+  model_space = FlameFactory(noise_lambda=0.0, clustering_space='model')
+  assert model_space.distance == 'cosine' and model_space.requires_global_model
+  attackers_in, benign_in = admitted_attackers(
+      round_measurements(model_space, tf.constant(global_model)))
   assert attackers_in == 0 and benign_in == 7
 
 
