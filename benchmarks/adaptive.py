@@ -244,6 +244,27 @@ def plot_fractions(results, path) -> bool:
   return cells_lib.save_if_drawn(plt, fig, path, drawn)
 
 
+def fraction_table(results) -> list:
+  """The plot's numbers: final BA (TPR / TNR) against stay_small's radius fraction."""
+  fractions = sorted(FRACTIONS + (0.7,))
+  lines = ['| defense | ' + ' | '.join(f'fraction {f}' for f in fractions) + ' |',
+           '|---|' + '---|' * len(fractions)]
+  for d in FRACTION_DEFENSES:
+    row = []
+    for f in fractions:
+      variant = TWENTY if f == 0.7 else fraction_variant(f)
+      r = results.get(Cell('fashion_mnist', 'stay_small', d, variant, 0))
+      if not r:
+        row.append('-')
+        continue
+      row.append(cells_lib.pct(r['backdoor_accuracy']))
+      if d in cells_lib.FILTERING:
+        row[-1] += ' (' + ' / '.join(cells_lib.rates_text(d, r['tpr'], r['tnr'])) + ')'
+    if any(x != '-' for x in row):
+      lines.append(f"| {d} | {' | '.join(row)} |")
+  return lines
+
+
 def task_rows(results) -> list:
   lines = ['| task | defense | MA | BA | highest BA | TPR | TNR |', '|---|---|---|---|---|---|---|']
   for t in ('digits', 'nbaiot'):
@@ -318,7 +339,8 @@ def report(results, path) -> list:
             '']
   lines += rates_table(results, TWENTY)
   lines += ['', '### Final BA / highest BA, 10 clients per round (seed 0)', '']
-  lines += ba_table(results, BASE)
+  ten = ba_table(results, BASE)
+  lines += ten if len(ten) > 2 else ['(no cell at 10 clients per round has run yet)']
   lines += ['', '### TPR / TNR per attack round (seed 0, 20 clients per round)', '']
   for d in ('flame', 'flame_hardened'):
     if d in DEFENSES:
@@ -326,6 +348,9 @@ def report(results, path) -> list:
   lines += ['### stay_small: BA against its radius (20 clients per round, seed 0)', '']
   if plot_fractions(results, path.with_name('evaluation_stay_small.png')):
     lines += ['![BA against the radius fraction](evaluation_stay_small.png)', '']
+  lines += ['Final BA (TPR / TNR averaged over the attack rounds); the radius is the fraction '
+            "times the norm of the attacker's own clean update (0.7 is the default).", '']
+  lines += fraction_table(results) + ['']
   lines += ['### digits and N-BaIoT under stay_small (seed 0)', '']
   lines += task_rows(results)
   lines += ['', '### Targets for flame_hardened (issue 16)', '']

@@ -130,6 +130,13 @@ def test_adaptive_section_tables(tmp_path):
                    tnr=0.6)], clients_per_round=20)
   write_cell(tmp_path, Cell('fashion_mnist', 'stay_small', 'freqfed', twenty, 0),
              attack_rounds(0.74, 0.75), clients_per_round=20)
+  write_cell(tmp_path, Cell('fashion_mnist', 'stay_small', 'flame',
+                            adaptive.fraction_variant(0.25), 0),
+             attack_rounds(0.74, 0.1, tpr=(0.0, 0.5, 1.0), tnr=(0.3, 0.3, 0.3)),
+             clients_per_round=20)
+  write_cell(tmp_path, Cell('fashion_mnist', 'stay_small', 'none',
+                            adaptive.fraction_variant(0.25), 0),
+             attack_rounds(0.74, 0.0), clients_per_round=20)
   report = tmp_path / 'report.md'
   evaluation.write_report(tmp_path, report)
   text = report.read_text()
@@ -147,6 +154,9 @@ def test_adaptive_section_tables(tmp_path):
           in text)  # the headline
   assert 'The other defenses under the same attacks (final BA, seed 0): stay_small: freqfed ' \
       '95.0.' in text
+  # BA against the radius: fraction 0.25 from its cells, 0.7 (the default) from the main ones.
+  assert '| flame | 30.0 (50.0 / 30.0) | - | 90.0 (6.7 / 35.0) | - |' in section  # seed 0
+  assert '| none | 20.0 | - | 70.0 | - |' in section
   per_round = section[section.index('| flame: attack |'):]
   assert '| stay_small | r2: 0.0 / 40.0 (6); r3: 0.0 / 30.0 (5); r4: 20.0 / 35.0 (7) |' in \
       per_round
