@@ -188,6 +188,8 @@ PERF_CATEGORIES = (
     ('kernel: other', r'kernel', r'.'),
     ('serialization (protobuf, gRPC)', r'.', r'protobuf|Serializ|Parse|Proto|grpc|Cord'),
     ('noise (random normal)', r'.', r'Philox|Random|sincos|__log|ieee754'),
+    ('casts to float64', r'.', r'TensorConversionOp<double'),
+    ('JIT code (oneDNN kernels)', r'^perf-\d+\.map$', r'.'),
     ('matrix products (Gram)', r'.', r'gemm|gebp|gemv|matrix_vector|general_matrix|Contraction'),
     ('other TF kernels (Eigen)', r'.', r'Eigen'),
     ('other', r'.', r'.'),
