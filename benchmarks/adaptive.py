@@ -15,6 +15,7 @@ from benchmarks.cells import BASE
 from benchmarks.cells import Cell
 from benchmarks.cells import DEFENSE_FLAGS
 from experiments import attacks as attacks_lib
+from experiments import config as config_lib
 from experiments import plots
 
 ADAPTIVE = ('stay_small', 'neurotoxin', 'a3fl', '3dfed', 'defense_in_the_loop')
@@ -24,7 +25,8 @@ DEFENSES = tuple(d for d in ('none', 'flame', 'flame_bare', 'multi_krum', 'fools
                              'multi_metrics', 'flame_hardened') if d in DEFENSE_FLAGS)
 SEEDED = tuple(d for d in ('none', 'flame', 'flame_hardened') if d in DEFENSE_FLAGS)
 TWENTY = 'clients_per_round=20'
-FRACTIONS = (0.25, 0.5, 1.0)  # stay_small's --radius_fraction besides its default 0.7
+FRACTIONS = (0.25, 0.5, 1.0)  # stay_small's --radius_fraction besides its default
+DEFAULT_FRACTION = config_lib.ExperimentConfig().radius_fraction  # run by the main cells
 FRACTION_DEFENSES = tuple(d for d in ('none', 'flame', 'multi_krum', 'flame_hardened')
                           if d in DEFENSE_FLAGS)
 SECTIONS = ('adaptive', 'adaptive_seeds', 'stay_small_fraction', 'adaptive_ten',
@@ -44,6 +46,14 @@ PUBLISHED_EDGE_CASE = 'Multi-Metrics also reports FLAME under edge-case PGD at B
 
 def fraction_variant(fraction: float) -> str:
   return f'{TWENTY},radius_fraction={fraction}'
+
+
+def fraction_cells(defense: str) -> list:
+  """(fraction, cell) of stay_small against `defense` (seed 0) at every swept radius fraction
+  and the default, which the section's main cells ran."""
+  return [(f, Cell('fashion_mnist', 'stay_small', defense,
+                   TWENTY if f == DEFAULT_FRACTION else fraction_variant(f), 0))
+          for f in sorted(FRACTIONS + (DEFAULT_FRACTION,))]
 
 
 def cells_of(section: str) -> list:
@@ -225,12 +235,8 @@ def plot_fractions(results, path) -> bool:
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
   drawn = False
   for d in FRACTION_DEFENSES:
-    points = []
-    for f in sorted(FRACTIONS + (0.7,)):
-      variant = TWENTY if f == 0.7 else fraction_variant(f)
-      r = results.get(Cell('fashion_mnist', 'stay_small', d, variant, 0))
-      if r:
-        points.append((f, r['backdoor_accuracy'], max_attack_ba(r)))
+    points = [(f, results[c]['backdoor_accuracy'], max_attack_ba(results[c]))
+              for f, c in fraction_cells(d) if results.get(c)]
     if points:
       drawn = True
       xs = [p[0] for p in points]
@@ -246,14 +252,13 @@ def plot_fractions(results, path) -> bool:
 
 def fraction_table(results) -> list:
   """The plot's numbers: final BA (TPR / TNR) against stay_small's radius fraction."""
-  fractions = sorted(FRACTIONS + (0.7,))
+  fractions = [f for f, _ in fraction_cells('none')]
   lines = ['| defense | ' + ' | '.join(f'fraction {f}' for f in fractions) + ' |',
            '|---|' + '---|' * len(fractions)]
   for d in FRACTION_DEFENSES:
     row = []
-    for f in fractions:
-      variant = TWENTY if f == 0.7 else fraction_variant(f)
-      r = results.get(Cell('fashion_mnist', 'stay_small', d, variant, 0))
+    for _, c in fraction_cells(d):
+      r = results.get(c)
       if not r:
         row.append('-')
         continue
@@ -349,7 +354,8 @@ def report(results, path) -> list:
   if plot_fractions(results, path.with_name('evaluation_stay_small.png')):
     lines += ['![BA against the radius fraction](evaluation_stay_small.png)', '']
   lines += ['Final BA (TPR / TNR averaged over the attack rounds); the radius is the fraction '
-            "times the norm of the attacker's own clean update (0.7 is the default).", '']
+            f"times the norm of the attacker's own clean update ({DEFAULT_FRACTION} is the "
+            'default).', '']
   lines += fraction_table(results) + ['']
   lines += ['### digits and N-BaIoT under stay_small (seed 0)', '']
   lines += task_rows(results)
