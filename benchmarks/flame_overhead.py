@@ -23,8 +23,8 @@ Updates have the shape of the EMNIST CNN's trainable weights (1.66 M floats);
 a third of the clients push an opposite direction. They are sent from Python
 to the worker, or with `--generate_in_worker` made inside it from each
 client's seed (the only way past the 2 GB a call may send, e.g. n = 500 at
-d = 1.66 M); the time and memory of making them are then in every variant. Machines here are noisy:
-only ratios from the same run are meaningful. `--output_json` writes a list
+d = 1.66 M); the time and memory of making them are then in every variant.
+Machines here are noisy: only ratios from the same run are meaningful. `--output_json` writes a list
 of objects, one per n, with keys n, flame_next_s, mean_next_s, flame_peak_mb,
 mean_peak_mb, flame_model_next_s, flame_model_peak_mb, the first-call times
 and the ratios to mean (and num_stacks, K; flame_hardened_* with `--hardened`).
@@ -77,9 +77,9 @@ _DIM = flags.DEFINE_integer('dim', None, 'Time updates of this many floats (one 
 _GENERATE = flags.DEFINE_bool('generate_in_worker', False, "Make each client's update inside "
                                'the worker from its seed instead of sending it (n x d floats '
                                'over 2 GB cannot be sent).')
-_PERF_DIR = flags.DEFINE_string('perf_dir', None, "Profile the timed calls of every variant "
-                                'with Linux perf (the workers\' CPU samples, self time by '
-                                'library and symbol): DIR/<variant>_n<n>.txt.')
+_PERF_DIR = flags.DEFINE_string('perf_dir', None, 'Profile the timed calls of every variant '
+                                'with Linux perf (the worker\'s and this process\'s CPU '
+                                'samples by category; see `perf_profile`) into DIR.')
 _OUTPUT_JSON = flags.DEFINE_string('output_json', None,
                                    'Also write the per-n numbers to this JSON file.')
 
@@ -159,6 +159,7 @@ def build_next(variant, value_type, n, global_model):
   seeds with `--generate_in_worker`)."""
   if variant == 'mean':
     process = tff.aggregators.UnweightedMeanFactory().create(value_type)
+    with_model = False
   else:
     factory_class = (hardened.HardenedFlameFactory if variant == 'flame_hardened'
                      else flame.FlameFactory)
@@ -166,8 +167,8 @@ def build_next(variant, value_type, n, global_model):
                             stacks_per_group=_STACKS.value,
                             clustering_space='update' if variant == 'flame' else 'model')
     process = factory.create_gathered(value_type)
+    with_model = factory.requires_global_model
   state = process.initialize()
-  with_model = variant != 'mean' and factory.requires_global_model
   if _GENERATE.value:
     next_fn = generating_next(process, value_type, n, with_model)
     if with_model:
@@ -222,9 +223,11 @@ def perf_profile(label: str):
   """With `--perf_dir`, Linux perf samples this process and its TFF workers (CPU clock,
   `PERF_HZ`) while the block runs. Per side (`worker`; `caller`, this Python process, which
   sends the values and receives the result) DIR/<label>.json holds the samples per
-  `PERF_CATEGORIES` entry and DIR/<label>.txt the 40 symbols with the most samples."""
+  `PERF_CATEGORIES` entry and DIR/<label>.txt the 40 symbols with the most samples; the
+  yielded dict gets the same counts as 'counts'."""
+  profile = {}  # 'counts' after the block: {side: {category: samples}}
   if not _PERF_DIR.value:
-    yield
+    yield profile
     return
   os.makedirs(_PERF_DIR.value, exist_ok=True)
   data = os.path.join(_PERF_DIR.value, f'{label}.perf.data')
@@ -235,13 +238,14 @@ def perf_profile(label: str):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   time.sleep(2)  # perf attaches to the processes' threads
   try:
-    yield
+    yield profile
   finally:
     recorder.send_signal(signal.SIGINT)
     recorder.wait()
   script = subprocess.run(['perf', 'script', '-i', data, '-F', 'pid,ip,sym,dso'],
                           capture_output=True, text=True, check=False).stdout
   counts, symbols = perf_samples(script, sides)
+  profile['counts'] = counts
   with open(os.path.join(_PERF_DIR.value, f'{label}.json'), 'w') as f:
     json.dump(counts, f, indent=2)
   with open(os.path.join(_PERF_DIR.value, f'{label}.txt'), 'w') as f:
@@ -250,12 +254,12 @@ def perf_profile(label: str):
       f.writelines(f'{c:>7} {lib:<28} {sym}\n' for (lib, sym), c in counter.most_common(40))
 
 
-def print_perf(row: dict, variants, n: int) -> None:
+def print_perf(row: dict, profiles: dict) -> None:
   """Adds `<variant>_perf_cpu_s` (CPU seconds per timed call, by side and category) to `row`
-  and prints them side by side."""
-  for v in variants:
-    with open(os.path.join(_PERF_DIR.value, f'{v}_n{n}.json')) as f:
-      counts = json.load(f)
+  for each variant in `profiles` ({variant: perf_profile's counts}) and prints them side by
+  side."""
+  variants = list(profiles)
+  for v, counts in profiles.items():
     per_call = 1 / PERF_HZ / _REPEATS.value
     row[f'{v}_perf_cpu_s'] = {
         side: dict({k: c * per_call for k, c in by_category.items()},
@@ -271,14 +275,15 @@ def print_perf(row: dict, variants, n: int) -> None:
 
 
 def run_variant(variant, value_type, values, global_model, repeats):
-  """(first-call s, median next s, worker peak MB after the first call), in a fresh worker."""
+  """(first-call s, median next s, worker peak MB after the first call, perf's counts of the
+  timed calls or None), in a fresh worker."""
   with tff_worker.local_worker(num_local=_SERVICES.value):
     run = build_next(variant, value_type, len(values), global_model)
     first_s = measure.seconds(lambda: run(values))
     peak_mb = measure.worker_peak_mb()
-    with perf_profile(f'{variant}_n{len(values)}'):
+    with perf_profile(f'{variant}_n{len(values)}') as profile:
       next_s = measure.median_seconds(lambda: run(values), repeats, warm_up=False)
-    return first_s, next_s, peak_mb
+    return first_s, next_s, peak_mb, profile.get('counts')
 
 
 def main(argv):
@@ -298,7 +303,7 @@ def main(argv):
     values = client_seeds(n) if _GENERATE.value else client_values(value_type, n, rng)
     global_model = client_values(value_type, 1, rng)[0]
     variants = VARIANTS + (('flame_hardened',) if _HARDENED.value else ())
-    skipped = (float('nan'),) * 3
+    skipped = (float('nan'),) * 3 + (None,)
     out = {v: (run_variant(v, value_type, values, global_model, _REPEATS.value)
                if v == 'mean' or not _ONLY.value or v in _ONLY.value else skipped)
            for v in variants}
@@ -308,8 +313,11 @@ def main(argv):
     row = dict(n=n, num_groups=factory.num_groups, num_stacks=factory.stacks_per_group,
                dim=num_params, local_services=_SERVICES.value,
                generate_in_worker=_GENERATE.value)
+    profiles = {}
     for v in variants:
-      row[f'{v}_first_s'], row[f'{v}_next_s'], row[f'{v}_peak_mb'] = out[v]
+      row[f'{v}_first_s'], row[f'{v}_next_s'], row[f'{v}_peak_mb'], counts = out[v]
+      if counts is not None:
+        profiles[v] = counts
     for v in variants[1:]:
       row[f'{v}_next_ratio'] = row[f'{v}_next_s'] / row['mean_next_s']
       row[f'{v}_peak_ratio'] = row[f'{v}_peak_mb'] / row['mean_peak_mb']
@@ -325,8 +333,8 @@ def main(argv):
             f"{row['flame_hardened_next_s'] / row['flame_model_next_s']:.2f}x FLAME model), "
             f"{row['flame_hardened_peak_mb']:.0f} MB ({row['flame_hardened_peak_ratio']:.2f}x)",
             flush=True)
-    if _PERF_DIR.value:
-      print_perf(row, [v for v in variants if not np.isnan(row[f'{v}_next_s'])], n)
+    if profiles:
+      print_perf(row, profiles)
     if _OUTPUT_JSON.value:  # after every n, so a later failure keeps what was measured
       with open(_OUTPUT_JSON.value, 'w') as f:
         json.dump(rows, f, indent=2)
